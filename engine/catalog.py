@@ -1,0 +1,222 @@
+"""The catalog: LMDB tables for buckets, objects, multipart uploads, chunk locations,
+per-segment space accounting, and the engine's own bookkeeping.
+
+LMDB is opened without per-commit sync: durability comes from the WAL, and every
+write transaction stores `catalog_wal_lsn`, the LSN of the last WAL record whose
+effect it holds. That number plays ARIES' pageLSN for the one "page" the catalog is,
+so redo replays exactly the records after it, and is idempotent. Checkpoints force
+LMDB to disk.
+
+Keys (all byte strings, so LMDB's order is S3's UTF-8 byte order):
+    buckets   name                                   -> {created_ms, region}
+    objects   bucket "/" key                          -> object record
+    uploads   bucket "/" key "\\0" upload_id          -> {initiated_ms, meta}
+    upload_ix upload_id                               -> bucket "/" key
+    parts     upload_id "\\0" part_number (u32 BE)    -> part record
+    chunks    chunk id (32-byte SHA-256)              -> [lsn or -1 if missing, record bytes, refs]
+    segments  segment start LSN (u64 BE)              -> [live bytes, dead bytes]
+    meta      name                                    -> value
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from contextlib import contextmanager
+
+import lmdb
+import msgpack
+
+FORMAT_VERSION = 1
+MISSING = -1
+
+_TABLES = ("buckets", "objects", "uploads", "upload_ix", "parts", "chunks", "segments", "meta")
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+
+
+def pack(value) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data) -> object:
+    return msgpack.unpackb(data, raw=False)
+
+
+def object_key(bucket: str, key: str) -> bytes:
+    return bucket.encode() + b"/" + key.encode()
+
+
+def bucket_prefix(bucket: str) -> bytes:
+    return bucket.encode() + b"/"
+
+
+def upload_key(bucket: str, key: str, upload_id: str) -> bytes:
+    return object_key(bucket, key) + b"\0" + upload_id.encode()
+
+
+def part_key(upload_id: str, number: int) -> bytes:
+    return upload_id.encode() + b"\0" + _U32.pack(number)
+
+
+class Catalog:
+    def __init__(self, path: str, map_size: int = 64 << 30, sync: bool = False):
+        os.makedirs(path, exist_ok=True)
+        self.env = lmdb.open(path, map_size=map_size, max_dbs=len(_TABLES) + 1,
+                             sync=sync, metasync=sync, writemap=False, readahead=False)
+        self.db = {name: self.env.open_db(name.encode()) for name in _TABLES}
+        with self.write() as t:
+            fmt = t.meta("format")
+            if fmt is None:
+                t.set_meta("format", FORMAT_VERSION)
+            elif fmt != FORMAT_VERSION:
+                raise RuntimeError(f"catalog format {fmt} is not {FORMAT_VERSION}")
+
+    @contextmanager
+    def read(self):
+        with self.env.begin(buffers=False) as txn:
+            yield CatalogTxn(self, txn)
+
+    @contextmanager
+    def write(self):
+        with self.env.begin(write=True) as txn:
+            yield CatalogTxn(self, txn)
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class CatalogTxn:
+    """Typed access to the tables inside one LMDB transaction."""
+
+    __slots__ = ("cat", "txn")
+
+    def __init__(self, cat: Catalog, txn: lmdb.Transaction):
+        self.cat = cat
+        self.txn = txn
+
+    def _get(self, table, key):
+        raw = self.txn.get(key, db=self.cat.db[table])
+        return None if raw is None else unpack(raw)
+
+    def _put(self, table, key, value):
+        self.txn.put(key, pack(value), db=self.cat.db[table])
+
+    def _delete(self, table, key):
+        self.txn.delete(key, db=self.cat.db[table])
+
+    def cursor(self, table: str) -> lmdb.Cursor:
+        return self.txn.cursor(db=self.cat.db[table])
+
+    # meta
+    def meta(self, name: str, default=None):
+        v = self._get("meta", name.encode())
+        return default if v is None else v
+
+    def set_meta(self, name: str, value) -> None:
+        self._put("meta", name.encode(), value)
+
+    # buckets
+    def bucket(self, name: str):
+        return self._get("buckets", name.encode())
+
+    def put_bucket(self, name: str, record: dict) -> None:
+        self._put("buckets", name.encode(), record)
+
+    def delete_bucket(self, name: str) -> None:
+        self._delete("buckets", name.encode())
+
+    def buckets(self):
+        for k, v in self.cursor("buckets"):
+            yield k.decode(), unpack(v)
+
+    def bucket_has_objects(self, name: str) -> bool:
+        return self._has_prefix("objects", bucket_prefix(name))
+
+    def bucket_has_uploads(self, name: str) -> bool:
+        return self._has_prefix("uploads", bucket_prefix(name))
+
+    def _has_prefix(self, table: str, prefix: bytes) -> bool:
+        cur = self.cursor(table)
+        return cur.set_range(prefix) and cur.key().startswith(prefix)
+
+    # objects
+    def object(self, bucket: str, key: str):
+        return self._get("objects", object_key(bucket, key))
+
+    def put_object(self, bucket: str, key: str, record: dict) -> None:
+        self._put("objects", object_key(bucket, key), record)
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        self._delete("objects", object_key(bucket, key))
+
+    # multipart
+    def upload(self, bucket: str, key: str, upload_id: str):
+        return self._get("uploads", upload_key(bucket, key, upload_id))
+
+    def put_upload(self, bucket: str, key: str, upload_id: str, record: dict) -> None:
+        self._put("uploads", upload_key(bucket, key, upload_id), record)
+        self.txn.put(upload_id.encode(), object_key(bucket, key), db=self.cat.db["upload_ix"])
+
+    def delete_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        self._delete("uploads", upload_key(bucket, key, upload_id))
+        self._delete("upload_ix", upload_id.encode())
+
+    def upload_owner(self, upload_id: str) -> tuple[str, str] | None:
+        raw = self.txn.get(upload_id.encode(), db=self.cat.db["upload_ix"])
+        if raw is None:
+            return None
+        bucket, _, key = bytes(raw).partition(b"/")
+        return bucket.decode(), key.decode()
+
+    def part(self, upload_id: str, number: int):
+        return self._get("parts", part_key(upload_id, number))
+
+    def put_part(self, upload_id: str, number: int, record: dict) -> None:
+        self._put("parts", part_key(upload_id, number), record)
+
+    def delete_part(self, upload_id: str, number: int) -> None:
+        self._delete("parts", part_key(upload_id, number))
+
+    def parts(self, upload_id: str, after: int = 0):
+        """(number, record) for the parts of an upload, in part-number order."""
+        prefix = upload_id.encode() + b"\0"
+        cur = self.cursor("parts")
+        if not cur.set_range(prefix + _U32.pack(after + 1 if after < 0xFFFFFFFF else after)):
+            return
+        for k, v in cur:
+            if not k.startswith(prefix):
+                return
+            yield _U32.unpack(k[len(prefix):])[0], unpack(v)
+
+    # chunks
+    def chunk(self, chunk_id: bytes):
+        return self._get("chunks", chunk_id)
+
+    def put_chunk(self, chunk_id: bytes, lsn: int, rec_size: int, refs: int) -> None:
+        self._put("chunks", chunk_id, [lsn, rec_size, refs])
+
+    def delete_chunk(self, chunk_id: bytes) -> None:
+        self._delete("chunks", chunk_id)
+
+    def chunks(self):
+        for k, v in self.cursor("chunks"):
+            yield bytes(k), unpack(v)
+
+    # segment accounting
+    def segment(self, start: int) -> list:
+        return self._get("segments", _U64.pack(start)) or [0, 0]
+
+    def add_segment_bytes(self, start: int, live: int = 0, dead: int = 0) -> None:
+        cur = self.segment(start)
+        self._put("segments", _U64.pack(start), [cur[0] + live, cur[1] + dead])
+
+    def delete_segment(self, start: int) -> None:
+        self._delete("segments", _U64.pack(start))
+
+    def segments(self):
+        for k, v in self.cursor("segments"):
+            yield _U64.unpack(k)[0], unpack(v)

@@ -1,0 +1,23 @@
+"""Engine settings, with defaults suited to a laptop or a CI machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineConfig:
+    data_dir: str
+    segment_size: int = 64 << 20  # WAL segment size: the unit of deletion and of cold shipping
+    max_chunk_size: int = 16 << 20  # the largest chunk write_chunk accepts
+    pool_budget: int = 64 << 20  # buffer pool memory
+    page_size: int = 64 << 10  # buffer pool page
+    pool_bypass: int = 1 << 20  # chunks this large stream past the pool (sequential reads)
+    fsync: bool = True  # False only for tests that simulate crashes themselves
+    catalog_sync: bool = False  # True: LMDB syncs every commit (power-loss safe catalog)
+    lmdb_map_size: int = 64 << 30
+    checkpoint_bytes: int = 64 << 20  # checkpoint after this much WAL...
+    checkpoint_interval_s: float = 60.0  # ...or this long, whichever comes first
+    txn_timeout_s: float = 900.0  # an idle transaction is a loser after this
+    undo_grace_s: float = 0.0  # recovery keeps transactions younger than this open
+    maintenance_interval_s: float = 1.0  # background checkpoint/reap cadence; 0: none

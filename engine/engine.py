@@ -1,0 +1,502 @@
+"""The engine facade: one node's hot tier, driven by committed log entries.
+
+Writers stream chunks into a transaction (`begin`, `write_chunk`), make them durable
+(`wait_durable`), and a committed entry naming the transaction makes them part of an
+object (`apply`). Readers look objects up and stream them back (`open_object`).
+Everything here is local: no network, no Raft, no cold storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import entries as E
+from .buffer_pool import BufferPool
+from .catalog import MISSING, Catalog, CatalogTxn
+from .checkpoint import CheckpointData, write_master
+from .config import EngineConfig
+from .errors import ChunkCorrupt, ChunkMissing, EngineClosed, UnknownTransaction
+from .listing import ListPage, UploadPage, list_objects, list_uploads
+from .log_records import (
+    CHUNK_DATA_OFFSET,
+    TXN_ID_LEN,
+    ApplyRecord,
+    ClrRecord,
+    EndRecord,
+    chunk_prefix,
+)
+from .recovery import RecoveryReport, recover
+from .sequencer import Sequencer
+from .state_machine import ApplyResult, StateMachine
+from .transactions import TxnTable
+from .wal import Wal
+from .wal_record import RecordType
+
+_DIRECT_READ = 1 << 20  # piece size for reads that bypass the pool
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """Where write_chunk put a chunk; durable once wait_durable(end) returns."""
+
+    chunk_id: bytes
+    lsn: int
+    length: int
+    end: int
+
+
+@dataclass
+class ObjectInfo:
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    mtime_ms: int
+    meta: dict
+    chunks: list  # [(chunk id, length)]
+    parts: list | None = None
+
+    @classmethod
+    def from_record(cls, bucket: str, key: str, rec: dict) -> "ObjectInfo":
+        return cls(bucket, key, rec["size"], rec["etag"], rec["mtime"], rec["meta"],
+                   [(bytes(c), n) for c, n in rec["chunks"]], rec.get("parts"))
+
+
+@dataclass
+class CheckpointInfo:
+    lsn: int
+    redo_lsn: int
+    active_txns: int
+    duration_s: float
+    reclaimed_bytes: int = 0
+
+
+@dataclass
+class SegmentUsage:
+    segment: int
+    size: int
+    live: int
+    dead: int
+    pending: int
+    active: bool
+    other: int = field(init=False)  # log records (entries, checkpoints, framing)
+
+    def __post_init__(self):
+        self.other = max(self.size - self.live - self.dead - self.pending, 0)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | str, **overrides):
+        if isinstance(config, str):
+            config = EngineConfig(data_dir=config, **overrides)
+        elif overrides:
+            raise TypeError("pass either an EngineConfig or a directory with overrides")
+        self.config = config
+        self.dir = config.data_dir
+        os.makedirs(self.dir, exist_ok=True)
+        self.wal = Wal(os.path.join(self.dir, "wal"), config.segment_size, config.fsync)
+        self.catalog = Catalog(os.path.join(self.dir, "catalog"), config.lmdb_map_size,
+                               sync=config.catalog_sync)
+        self.pool = BufferPool(self._read_segment, config.page_size, config.pool_budget)
+        self.txns = TxnTable()
+        self._lock = threading.RLock()  # orders WAL appends with their catalog tickets
+        self._seq = Sequencer()
+        self._ckpt_lock = threading.Lock()
+        self._pins: Counter = Counter()  # segments a reader is streaming from
+        self._pins_lock = threading.Lock()
+        self._applied_lsn = 0
+        self._catalog_wal_lsn = 0
+        self._closed = False
+        self._ckpt_lsn: int | None = None
+        self._ckpt_redo = 0
+        self._ckpt_at_bytes = 0
+        self._ckpt_at_time = time.monotonic()
+        self.recovery_report: RecoveryReport = recover(self)
+        self.checkpoint()
+        self._stop = threading.Event()
+        self._maint: threading.Thread | None = None
+        if config.maintenance_interval_s > 0:
+            self._maint = threading.Thread(target=self._maintenance_loop,
+                                           name="engine-maintenance", daemon=True)
+            self._maint.start()
+
+    # ---- write path --------------------------------------------------------------
+    def begin(self, txn_id: bytes | None = None) -> bytes:
+        """Start (or rejoin) a transaction; a replica passes the coordinator's id."""
+        txn_id = txn_id or uuid.uuid4().bytes
+        if len(txn_id) != TXN_ID_LEN:
+            raise ValueError(f"transaction ids are {TXN_ID_LEN} bytes")
+        with self._lock:
+            self._check_open()
+            self.txns.begin(txn_id)
+        return txn_id
+
+    def write_chunk(self, txn_id: bytes, data) -> ChunkRef:
+        """Append one chunk to the WAL inside a transaction. Not durable on return."""
+        if len(data) > self.config.max_chunk_size:
+            raise ValueError(f"chunk of {len(data)} bytes exceeds {self.config.max_chunk_size}")
+        chunk_id = hashlib.sha256(data).digest()
+        ms = int(time.time() * 1000)
+        with self._lock:
+            self._check_open()
+            if txn_id not in self.txns:
+                raise UnknownTransaction(f"transaction {txn_id.hex()} is not open")
+            lsn, end = self.wal.append(RecordType.CHUNK, [chunk_prefix(txn_id, chunk_id, ms), data])
+            self.txns.add_chunk(txn_id, chunk_id, lsn, end - lsn, ms)
+        return ChunkRef(chunk_id, lsn, len(data), end)
+
+    def wait_durable(self, end: int | None = None) -> None:
+        """Block until the log is durable up to `end` (default: all written so far)."""
+        self.wal.wait_durable(self.wal.end if end is None else end)
+
+    def abort(self, txn_id: bytes) -> int:
+        """Roll back a transaction: one CLR per chunk (its bytes become dead), then END.
+        Returns how many chunks were undone; unknown transactions are a no-op."""
+        with self._lock:
+            txn = self.txns.end(txn_id)
+            if txn is None or not txn.chunks:
+                return 0
+            chunks = txn.chunks
+            clrs = []
+            for i in range(len(chunks) - 1, -1, -1):
+                _cid, lsn, size = chunks[i]
+                clr = ClrRecord(txn_id, lsn, size, chunks[i - 1][1] if i else 0)
+                clr_lsn, _ = self.wal.append(RecordType.CLR, [clr.encode()])
+                clrs.append((clr_lsn, clr))
+            _, end = self.wal.append(RecordType.END, [EndRecord(txn_id, "abort").encode()])
+            ticket = self._seq.issue()
+        self._publish(ticket, end, lambda t: self._clrs_to_catalog(t, clrs))
+        return len(chunks)
+
+    def reap_expired(self, timeout_s: float | None = None) -> list[bytes]:
+        """Roll back transactions idle longer than the timeout (client gone, coordinator
+        dead): the run-time half of loser handling."""
+        timeout = self.config.txn_timeout_s if timeout_s is None else timeout_s
+        with self._lock:
+            idle = self.txns.idle_longer_than(timeout)
+        for txn_id in idle:
+            self.abort(txn_id)
+        return idle
+
+    def apply(self, lsn: int, entry: E.Entry) -> ApplyResult:
+        """Apply a committed log entry. Idempotent by LSN; returns once the change is
+        durable and visible to readers."""
+        with self._lock:
+            self._check_open()
+            if lsn <= self._applied_lsn:
+                return ApplyResult(skipped=True)
+            txn = self.txns.end(entry.txn) if entry.txn is not None else None
+            record = ApplyRecord(lsn, E.encode_entry(entry), entry.txn,
+                                 txn.chunks if txn is not None else [])
+            rec_lsn, end = self.wal.append(RecordType.APPLY, [record.encode()])
+            self._applied_lsn = lsn
+            ticket = self._seq.issue()
+        return self._publish(ticket, end, lambda t: self._apply_to_catalog(t, rec_lsn, record, entry))
+
+    def _publish(self, ticket: int, end: int, change):
+        try:
+            self.wal.wait_durable(end)
+        except BaseException as exc:
+            self._seq.fail(exc)
+            raise
+        with self._seq.turn(ticket):
+            try:
+                with self.catalog.write() as t:
+                    result = change(t)
+                    lsn = t.meta("catalog_wal_lsn")
+            except BaseException as exc:
+                self._seq.fail(exc)
+                raise
+            self._catalog_wal_lsn = lsn
+        return result
+
+    def _apply_to_catalog(self, t: CatalogTxn, rec_lsn: int, record: ApplyRecord,
+                          entry: E.Entry) -> ApplyResult:
+        result = StateMachine(t, self.wal.segment_of, record.chunks).apply(entry)
+        t.set_meta("applied_lsn", record.raft_lsn)
+        t.set_meta("catalog_wal_lsn", rec_lsn)
+        return result
+
+    def _clrs_to_catalog(self, t: CatalogTxn, clrs: list) -> None:
+        for clr_lsn, clr in clrs:
+            t.add_segment_bytes(self.wal.segment_of(clr.chunk_lsn), dead=clr.size)
+            t.set_meta("catalog_wal_lsn", clr_lsn)
+
+    # ---- read path -----------------------------------------------------------------
+    @property
+    def applied_lsn(self) -> int:
+        """The highest log LSN whose entry this engine has applied (visible or not yet)."""
+        return self._applied_lsn
+
+    def bucket(self, name: str) -> dict | None:
+        with self.catalog.read() as t:
+            return t.bucket(name)
+
+    def list_buckets(self) -> list[tuple[str, dict]]:
+        with self.catalog.read() as t:
+            return list(t.buckets())
+
+    def head_object(self, bucket: str, key: str) -> ObjectInfo | None:
+        with self.catalog.read() as t:
+            rec = t.object(bucket, key)
+        return None if rec is None else ObjectInfo.from_record(bucket, key, rec)
+
+    def open_object(self, bucket: str, key: str) -> "ObjectReader | None":
+        """A reader over one version of an object, resolved in one snapshot, that keeps
+        the segments it needs from being reclaimed until it is closed."""
+        with self.catalog.read() as t:
+            rec = t.object(bucket, key)
+            if rec is None:
+                return None
+            info = ObjectInfo.from_record(bucket, key, rec)
+            locations = []
+            for cid, length in info.chunks:
+                row = t.chunk(cid)
+                locations.append((cid, length, MISSING if row is None else row[0]))
+            segs = {self.wal.segment_of(lsn) for _c, _n, lsn in locations if lsn != MISSING}
+            self._pin_segments(segs)  # inside the snapshot: reclaim cannot race us
+        return ObjectReader(self, info, locations, segs)
+
+    def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "",
+                     start_after: str = "", max_keys: int = 1000) -> ListPage:
+        with self.catalog.read() as t:
+            return list_objects(t, bucket, prefix, delimiter, start_after, max_keys)
+
+    def upload(self, bucket: str, key: str, upload_id: str) -> dict | None:
+        with self.catalog.read() as t:
+            return t.upload(bucket, key, upload_id)
+
+    def list_parts(self, upload_id: str, after: int = 0, max_parts: int = 1000) -> tuple[list, bool]:
+        """([(part number, record)], is_truncated)."""
+        with self.catalog.read() as t:
+            out = []
+            for number, rec in t.parts(upload_id, after):
+                if len(out) == max_parts:
+                    return out, True
+                out.append((number, rec))
+            return out, False
+
+    def list_uploads(self, bucket: str, prefix: str = "", delimiter: str = "",
+                     key_marker: str = "", upload_id_marker: str = "",
+                     max_uploads: int = 1000) -> UploadPage:
+        with self.catalog.read() as t:
+            return list_uploads(t, bucket, prefix, delimiter, key_marker, upload_id_marker,
+                                max_uploads)
+
+    def read_chunk(self, chunk_id: bytes, lsn: int, length: int, lo: int = 0,
+                   hi: int | None = None):
+        """Stream bytes [lo, hi) of a chunk, verifying the whole chunk's SHA-256 as it
+        goes; the last piece is released only once the hash matches."""
+        if lsn == MISSING:
+            raise ChunkMissing(chunk_id)
+        hi = length if hi is None else hi
+        seg = self.wal.segment_of(lsn)
+        start = lsn + CHUNK_DATA_OFFSET - seg
+        if length >= self.config.pool_bypass:
+            pieces = self._direct_pieces(seg, start, length)
+        else:
+            pieces = self.pool.read(seg, start, length)
+        digest = hashlib.sha256()
+        held = None
+        pos = 0
+        for piece in pieces:
+            digest.update(piece)
+            a, b = max(lo, pos), min(hi, pos + len(piece))
+            if a < b:
+                if held is not None:
+                    yield held
+                held = piece[a - pos: b - pos]
+            pos += len(piece)
+        if pos != length or digest.digest() != chunk_id:
+            raise ChunkCorrupt(chunk_id, lsn)
+        if held is not None:
+            yield held
+
+    def _direct_pieces(self, seg: int, start: int, length: int):
+        fd_read = self._read_segment
+        off, end = start, start + length
+        while off < end:
+            data = fd_read(seg, off, min(_DIRECT_READ, end - off))
+            if not data:
+                return
+            yield data
+            off += len(data)
+
+    def _read_segment(self, seg: int, offset: int, n: int) -> bytes:
+        return os.pread(self.wal._read_fd(seg), n, offset)
+
+    def _pin_segments(self, segs) -> None:
+        with self._pins_lock:
+            self._pins.update(segs)
+
+    def _unpin_segments(self, segs) -> None:
+        with self._pins_lock:
+            self._pins.subtract(segs)
+            for s in segs:
+                if self._pins[s] <= 0:
+                    del self._pins[s]
+
+    # ---- checkpoints, space, maintenance ----------------------------------------------
+    def checkpoint(self) -> CheckpointInfo:
+        """Fuzzy checkpoint: sync the catalog, log the transaction table, point the
+        master record at it, then delete WAL segments nobody needs any more."""
+        t0 = time.perf_counter()
+        with self._ckpt_lock:
+            cat_lsn = self._catalog_wal_lsn
+            applied = self._applied_lsn
+            self.catalog.sync()  # catalog durable through cat_lsn (and possibly beyond)
+            with self._lock:
+                redo = cat_lsn if cat_lsn else (self.wal.segments[0] if self.wal.segments else 0)
+                data = CheckpointData(redo, applied, self.txns.snapshot(),
+                                      {"catalog": cat_lsn}, int(time.time() * 1000))
+                ck_lsn, end = self.wal.append(RecordType.CHECKPOINT, [data.encode()])
+                active = len(self.txns)
+            self.wal.wait_durable(end)
+            write_master(self.dir, ck_lsn, self.config.fsync)
+            self._ckpt_lsn, self._ckpt_redo = ck_lsn, redo
+            self._ckpt_at_bytes = self.wal.bytes_appended
+            self._ckpt_at_time = time.monotonic()
+            freed = self.reclaim()
+        return CheckpointInfo(ck_lsn, redo, active, time.perf_counter() - t0, freed)
+
+    def reclaim(self) -> int:
+        """Delete sealed WAL segments that recovery no longer reads and that hold no
+        live or pending chunk and no reader. Returns bytes freed."""
+        if self._ckpt_lsn is None:
+            return 0
+        with self._lock:
+            oldest_txn = self.txns.oldest_lsn()
+        keep_from = min(x for x in (self._ckpt_redo, self._ckpt_lsn, oldest_txn) if x is not None)
+        with self.catalog.read() as t:
+            usage = dict(t.segments())
+        freed = 0
+        segs = list(self.wal.segments)
+        doomed = []
+        for seg, nxt in zip(segs, segs[1:]):
+            if nxt > keep_from:
+                break
+            if usage.get(seg, [0, 0])[0] > 0:
+                continue
+            with self._pins_lock:
+                if self._pins.get(seg):
+                    continue
+                freed += self.wal.delete_segment(seg)
+            self.pool.invalidate_segment(seg)
+            doomed.append(seg)
+        if doomed:
+            with self.catalog.write() as t:
+                for seg in doomed:
+                    t.delete_segment(seg)
+        return freed
+
+    def segment_usage(self) -> list[SegmentUsage]:
+        """Hot-tier accounting: per WAL segment, bytes of live chunks (referenced),
+        dead chunks (deleted, overwritten, rolled back), pending (open transactions)."""
+        with self.catalog.read() as t:
+            usage = dict(t.segments())
+        pending: Counter = Counter()
+        with self._lock:
+            for lsn, size in self.txns.pending_bytes_by_lsn():
+                pending[self.wal.segment_of(lsn)] += size
+        active = self.wal.segments[-1] if self.wal.segments else None
+        out = []
+        for seg in list(self.wal.segments):
+            live, dead = usage.get(seg, [0, 0])
+            out.append(SegmentUsage(seg, self.wal.segment_size_on_disk(seg), live, dead,
+                                    pending[seg], seg == active))
+        return out
+
+    def stats(self) -> dict:
+        return {
+            "applied_lsn": self._applied_lsn,
+            "catalog_wal_lsn": self._catalog_wal_lsn,
+            "wal_end": self.wal.end,
+            "wal_durable": self.wal.durable,
+            "wal_segments": len(self.wal.segments),
+            "fsyncs": self.wal.commit.fsyncs,
+            "open_txns": len(self.txns),
+            "checkpoint_lsn": self._ckpt_lsn,
+            "buffer_pool": self.pool.stats(),
+        }
+
+    def _maintenance_loop(self) -> None:
+        cfg = self.config
+        while not self._stop.wait(cfg.maintenance_interval_s):
+            try:
+                self.reap_expired()
+                grown = self.wal.bytes_appended - self._ckpt_at_bytes
+                due = time.monotonic() - self._ckpt_at_time >= cfg.checkpoint_interval_s
+                if grown >= cfg.checkpoint_bytes or (due and grown > 0):
+                    self.checkpoint()
+            except Exception:  # noqa: BLE001 - keep maintaining; the next call reports
+                if self._closed:
+                    return
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosed("engine is closed")
+
+    def close(self) -> None:
+        """Clean shutdown: a final checkpoint makes the next open's recovery trivial."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._maint is not None:
+            self._maint.join()
+        if self._seq.failure is None:
+            self.checkpoint()
+        with self._lock:
+            self._closed = True
+        self.wal.close()
+        self.catalog.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ObjectReader:
+    """Streams a byte range of one object version; close() releases its segments."""
+
+    def __init__(self, engine: Engine, info: ObjectInfo, locations: list, segs: set):
+        self.engine = engine
+        self.info = info
+        self._locations = locations
+        self._segs = segs
+        self._closed = False
+
+    def read(self, start: int = 0, end: int | None = None):
+        """Yields buffers covering [start, end) of the object (end exclusive)."""
+        end = self.info.size if end is None else min(end, self.info.size)
+        pos = 0
+        for cid, length, lsn in self._locations:
+            c_start, c_end = pos, pos + length
+            pos = c_end
+            if c_end <= start:
+                continue
+            if c_start >= end:
+                break
+            yield from self.engine.read_chunk(cid, lsn, length, max(start - c_start, 0),
+                                              min(end, c_end) - c_start)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.engine._unpin_segments(self._segs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()

@@ -1,0 +1,187 @@
+"""The committed log entries an engine applies: small metadata, never object bytes.
+
+Every field a replica needs to reach the same state is in the entry (timestamps,
+upload ids, the proposer's minimum part size), so applying is deterministic: the same
+entries in the same LSN order give byte-identical catalogs on every replica.
+Chunks are referenced by id with their length: `chunks` is a list of (id, length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
+
+import msgpack
+
+Chunks = list  # list[tuple[bytes, int]]: (sha256 chunk id, length)
+
+
+@dataclass(frozen=True)
+class Entry:
+    OP: ClassVar[str] = ""
+    REGISTRY: ClassVar[dict] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        Entry.REGISTRY[cls.OP] = cls
+
+    @property
+    def txn(self) -> bytes | None:
+        return None
+
+
+@dataclass(frozen=True)
+class CreateBucket(Entry):
+    OP: ClassVar[str] = "create_bucket"
+    bucket: str
+    created_ms: int
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class DeleteBucket(Entry):
+    OP: ClassVar[str] = "delete_bucket"
+    bucket: str
+
+
+@dataclass(frozen=True)
+class PutObject(Entry):
+    OP: ClassVar[str] = "put_object"
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    chunks: Chunks
+    mtime_ms: int
+    meta: dict = field(default_factory=dict)  # content headers, x-amz-meta-*, checksums
+    txn_id: bytes | None = None
+    parts: list | None = None  # multipart layout: [(part size, chunk count)], for partNumber reads
+
+    @property
+    def txn(self):
+        return self.txn_id
+
+
+@dataclass(frozen=True)
+class DeleteObject(Entry):
+    OP: ClassVar[str] = "delete_object"
+    bucket: str
+    key: str
+
+
+@dataclass(frozen=True)
+class DeleteObjects(Entry):
+    OP: ClassVar[str] = "delete_objects"
+    bucket: str
+    keys: list
+
+
+@dataclass(frozen=True)
+class CopyObject(Entry):
+    """Copy by reference: the destination shares the source's chunks. The source is
+    read as of this entry's LSN; `if_etag` makes the copy conditional on it."""
+
+    OP: ClassVar[str] = "copy_object"
+    src_bucket: str
+    src_key: str
+    bucket: str
+    key: str
+    mtime_ms: int
+    meta: dict | None = None  # None: COPY the source's metadata; a dict: REPLACE
+    if_etag: str | None = None
+
+
+@dataclass(frozen=True)
+class CreateMultipartUpload(Entry):
+    OP: ClassVar[str] = "create_upload"
+    bucket: str
+    key: str
+    upload_id: str
+    initiated_ms: int
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PutPart(Entry):
+    OP: ClassVar[str] = "put_part"
+    bucket: str
+    key: str
+    upload_id: str
+    part_number: int
+    size: int
+    etag: str
+    chunks: Chunks
+    mtime_ms: int
+    checksums: dict = field(default_factory=dict)
+    txn_id: bytes | None = None
+
+    @property
+    def txn(self):
+        return self.txn_id
+
+
+@dataclass(frozen=True)
+class CompleteMultipartUpload(Entry):
+    OP: ClassVar[str] = "complete_upload"
+    bucket: str
+    key: str
+    upload_id: str
+    parts: list  # [(part number, etag)] as the client listed them
+    mtime_ms: int
+    min_part_size: int = 5 << 20
+
+
+@dataclass(frozen=True)
+class AbortMultipartUpload(Entry):
+    OP: ClassVar[str] = "abort_upload"
+    bucket: str
+    key: str
+    upload_id: str
+
+
+@dataclass(frozen=True)
+class SegmentShipped(Entry):
+    """Cold tier: the LSN range [first, last] is stored in cold storage. Applying it
+    advances the cold high-water mark; shard locations are filled in by the cold tier."""
+
+    OP: ClassVar[str] = "segment_shipped"
+    first_lsn: int
+    last_lsn: int
+    locations: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Noop(Entry):
+    """An entry that changes nothing (a new Raft leader's first entry, barriers)."""
+
+    OP: ClassVar[str] = "noop"
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def encode_entry(entry: Entry) -> bytes:
+    body = {f.name: _plain(getattr(entry, f.name)) for f in fields(entry)}
+    return msgpack.packb([entry.OP, body], use_bin_type=True)
+
+
+def decode_entry(data: bytes) -> Entry:
+    op, body = msgpack.unpackb(data, raw=False)
+    cls = Entry.REGISTRY.get(op)
+    if cls is None:
+        raise ValueError(f"unknown log entry type {op!r}")
+    if "chunks" in body:
+        body["chunks"] = [(bytes(c), int(n)) for c, n in body["chunks"]]
+    return cls(**body)
+
+
+__all__ = [name for name, obj in dict(globals()).items()
+           if isinstance(obj, type) and issubclass(obj, Entry)] + [
+    "encode_entry", "decode_entry", "asdict"]

@@ -1,0 +1,265 @@
+"""Applying one committed entry to the catalog, deterministically.
+
+Called inside one LMDB write transaction, both at run time and by redo, with the
+same inputs (the entry, and the locations of the chunks its transaction wrote here,
+which the APPLY record carries), so a replayed entry lands in exactly the same state.
+Errors that depend only on catalog state (NoSuchBucket, InvalidPart, ...) are results,
+not exceptions: every replica reaches the same verdict, and the proposer reports it.
+
+Chunks are reference counted: objects and parts hold references; a chunk whose count
+drops to zero is deleted from the catalog and its bytes count as dead in its segment.
+A transaction's chunk that nobody references (a duplicate, or an entry that failed)
+is dead at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import entries as E
+from .catalog import MISSING, CatalogTxn
+
+
+@dataclass
+class ApplyResult:
+    error: str | None = None
+    value: dict = field(default_factory=dict)
+    skipped: bool = False  # the entry was at or below the applied LSN: nothing done
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.skipped
+
+
+def _norm_etag(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+class StateMachine:
+    """Binds a catalog transaction to the segment lookup and applies entries."""
+
+    def __init__(self, t: CatalogTxn, segment_of: Callable[[int], int],
+                 txn_chunks: list | None):
+        self.t = t
+        self.segment_of = segment_of
+        # chunks this node holds for the entry's transaction: [(id, lsn, record size)]
+        self.pending = list(txn_chunks or [])
+
+    # ---- chunk references -----------------------------------------------------
+    def _take(self, chunks) -> None:
+        t = self.t
+        for cid, _length in chunks:
+            row = t.chunk(cid)
+            if row is not None:
+                t.put_chunk(cid, row[0], row[1], row[2] + 1)
+                if row[0] == MISSING:
+                    self._fill_missing(cid, row)
+                continue
+            for i, (pid, lsn, size) in enumerate(self.pending):
+                if pid == cid:
+                    del self.pending[i]
+                    t.put_chunk(cid, lsn, size, 1)
+                    t.add_segment_bytes(self.segment_of(lsn), live=size)
+                    break
+            else:
+                t.put_chunk(cid, MISSING, 0, 1)
+
+    def _fill_missing(self, cid: bytes, row) -> None:
+        for i, (pid, lsn, size) in enumerate(self.pending):
+            if pid == cid:
+                del self.pending[i]
+                t = self.t
+                t.put_chunk(cid, lsn, size, t.chunk(cid)[2])
+                t.add_segment_bytes(self.segment_of(lsn), live=size)
+                return
+
+    def _release(self, chunks) -> None:
+        t = self.t
+        for cid, _length in chunks:
+            row = t.chunk(cid)
+            if row is None:
+                continue
+            lsn, size, refs = row
+            if refs > 1:
+                t.put_chunk(cid, lsn, size, refs - 1)
+                continue
+            t.delete_chunk(cid)
+            if lsn != MISSING:
+                seg = self.segment_of(lsn)
+                t.add_segment_bytes(seg, live=-size, dead=size)
+
+    def finish(self) -> None:
+        """Whatever the transaction wrote that nothing took is dead space."""
+        for _cid, lsn, size in self.pending:
+            self.t.add_segment_bytes(self.segment_of(lsn), dead=size)
+        self.pending = []
+
+    # ---- entries ----------------------------------------------------------------
+    def apply(self, entry: E.Entry) -> ApplyResult:
+        handler = getattr(self, "_" + entry.OP)
+        result = handler(entry)
+        self.finish()
+        return result if result is not None else ApplyResult()
+
+    def _noop(self, e: E.Noop):
+        return None
+
+    def _create_bucket(self, e: E.CreateBucket):
+        if self.t.bucket(e.bucket) is not None:
+            return ApplyResult("BucketAlreadyOwnedByYou")
+        self.t.put_bucket(e.bucket, {"created_ms": e.created_ms, "region": e.region})
+        return None
+
+    def _delete_bucket(self, e: E.DeleteBucket):
+        t = self.t
+        if t.bucket(e.bucket) is None:
+            return ApplyResult("NoSuchBucket")
+        if t.bucket_has_objects(e.bucket):
+            return ApplyResult("BucketNotEmpty")
+        # In-progress multipart uploads do not keep a bucket alive: abort them.
+        prefix = e.bucket.encode() + b"/"
+        doomed = []
+        cur = t.cursor("uploads")
+        if cur.set_range(prefix):
+            for k, _v in cur:
+                if not k.startswith(prefix):
+                    break
+                okey, _, uid = bytes(k)[len(prefix):].rpartition(b"\0")
+                doomed.append((okey.decode(), uid.decode()))
+        for key, uid in doomed:
+            self._drop_upload(e.bucket, key, uid)
+        t.delete_bucket(e.bucket)
+        return None
+
+    def _put_object(self, e: E.PutObject):
+        t = self.t
+        if t.bucket(e.bucket) is None:
+            return ApplyResult("NoSuchBucket")
+        old = t.object(e.bucket, e.key)
+        self._take(e.chunks)
+        if old is not None:
+            self._release(old["chunks"])
+        t.put_object(e.bucket, e.key, {
+            "size": e.size, "etag": e.etag, "mtime": e.mtime_ms,
+            "chunks": [[c, n] for c, n in e.chunks], "meta": e.meta, "parts": e.parts,
+        })
+        return ApplyResult(value={"etag": e.etag, "mtime_ms": e.mtime_ms})
+
+    def _delete_one(self, bucket: str, key: str) -> bool:
+        old = self.t.object(bucket, key)
+        if old is None:
+            return False
+        self._release(old["chunks"])
+        self.t.delete_object(bucket, key)
+        return True
+
+    def _delete_object(self, e: E.DeleteObject):
+        if self.t.bucket(e.bucket) is None:
+            return ApplyResult("NoSuchBucket")
+        return ApplyResult(value={"deleted": self._delete_one(e.bucket, e.key)})
+
+    def _delete_objects(self, e: E.DeleteObjects):
+        if self.t.bucket(e.bucket) is None:
+            return ApplyResult("NoSuchBucket")
+        deleted = [k for k in e.keys if self._delete_one(e.bucket, k)]
+        return ApplyResult(value={"deleted": deleted})
+
+    def _copy_object(self, e: E.CopyObject):
+        t = self.t
+        if t.bucket(e.src_bucket) is None or t.bucket(e.bucket) is None:
+            return ApplyResult("NoSuchBucket")
+        src = t.object(e.src_bucket, e.src_key)
+        if src is None:
+            return ApplyResult("NoSuchKey")
+        if e.if_etag is not None and _norm_etag(e.if_etag) != _norm_etag(src["etag"]):
+            return ApplyResult("PreconditionFailed")
+        chunks = [(bytes(c), n) for c, n in src["chunks"]]
+        self._take(chunks)  # take before releasing: source and destination may be one
+        old = t.object(e.bucket, e.key)
+        if old is not None:
+            self._release(old["chunks"])
+        record = dict(src)
+        record["mtime"] = e.mtime_ms
+        record["parts"] = None
+        if e.meta is not None:
+            record["meta"] = e.meta
+        t.put_object(e.bucket, e.key, record)
+        return ApplyResult(value={"etag": src["etag"], "mtime_ms": e.mtime_ms})
+
+    def _create_upload(self, e: E.CreateMultipartUpload):
+        if self.t.bucket(e.bucket) is None:
+            return ApplyResult("NoSuchBucket")
+        self.t.put_upload(e.bucket, e.key, e.upload_id,
+                          {"initiated_ms": e.initiated_ms, "meta": e.meta})
+        return ApplyResult(value={"upload_id": e.upload_id})
+
+    def _put_part(self, e: E.PutPart):
+        t = self.t
+        if t.upload(e.bucket, e.key, e.upload_id) is None:
+            return ApplyResult("NoSuchUpload")
+        old = t.part(e.upload_id, e.part_number)
+        self._take(e.chunks)
+        if old is not None:
+            self._release(old["chunks"])
+        t.put_part(e.upload_id, e.part_number, {
+            "size": e.size, "etag": e.etag, "mtime": e.mtime_ms,
+            "chunks": [[c, n] for c, n in e.chunks], "checksums": e.checksums,
+        })
+        return ApplyResult(value={"etag": e.etag})
+
+    def _drop_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        t = self.t
+        numbers = []
+        for number, part in t.parts(upload_id):
+            self._release([(bytes(c), n) for c, n in part["chunks"]])
+            numbers.append(number)
+        for number in numbers:
+            t.delete_part(upload_id, number)
+        t.delete_upload(bucket, key, upload_id)
+
+    def _complete_upload(self, e: E.CompleteMultipartUpload):
+        t = self.t
+        upload = t.upload(e.bucket, e.key, e.upload_id)
+        if upload is None:
+            return ApplyResult("NoSuchUpload")
+        if not e.parts:
+            return ApplyResult("MalformedXML")
+        numbers = [int(n) for n, _ in e.parts]
+        if any(b <= a for a, b in zip(numbers, numbers[1:])):
+            return ApplyResult("InvalidPartOrder")
+        chosen = []
+        for number, etag in e.parts:
+            part = t.part(e.upload_id, int(number))
+            if part is None or _norm_etag(etag) != _norm_etag(part["etag"]):
+                return ApplyResult("InvalidPart", {"part_number": int(number)})
+            chosen.append(part)
+        for number, part in zip(numbers[:-1], chosen[:-1]):
+            if part["size"] < e.min_part_size:
+                return ApplyResult("EntityTooSmall", {"part_number": number})
+        md5s = b"".join(bytes.fromhex(_norm_etag(p["etag"]).split("-")[0]) for p in chosen)
+        etag = f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}"
+        chunks = [(bytes(c), n) for p in chosen for c, n in p["chunks"]]
+        self._take(chunks)
+        old = t.object(e.bucket, e.key)
+        if old is not None:
+            self._release(old["chunks"])
+        self._drop_upload(e.bucket, e.key, e.upload_id)
+        t.put_object(e.bucket, e.key, {
+            "size": sum(p["size"] for p in chosen), "etag": etag, "mtime": e.mtime_ms,
+            "chunks": [[c, n] for c, n in chunks], "meta": upload["meta"],
+            "parts": [[p["size"], len(p["chunks"])] for p in chosen],
+        })
+        return ApplyResult(value={"etag": etag, "mtime_ms": e.mtime_ms})
+
+    def _abort_upload(self, e: E.AbortMultipartUpload):
+        if self.t.upload(e.bucket, e.key, e.upload_id) is None:
+            return ApplyResult("NoSuchUpload")
+        self._drop_upload(e.bucket, e.key, e.upload_id)
+        return None
+
+    def _segment_shipped(self, e: E.SegmentShipped):
+        if e.last_lsn > self.t.meta("cold_hwm", 0):
+            self.t.set_meta("cold_hwm", e.last_lsn)
+        return None
