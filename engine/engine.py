@@ -32,7 +32,7 @@ from .log_records import (
     chunk_prefix,
 )
 from .recovery import RecoveryReport, recover
-from .sequencer import Sequencer
+from .publisher import Pending, Publisher
 from .state_machine import ApplyResult, StateMachine
 from .transactions import TxnTable
 from .wal import Wal
@@ -106,7 +106,6 @@ class Engine:
         self.pool = BufferPool(self._read_segment, config.page_size, config.pool_budget)
         self.txns = TxnTable()
         self._lock = threading.RLock()  # orders WAL appends with their catalog tickets
-        self._seq = Sequencer()
         self._ckpt_lock = threading.Lock()
         self._pins: Counter = Counter()  # segments a reader is streaming from
         self._pins_lock = threading.Lock()
@@ -117,6 +116,8 @@ class Engine:
         self._ckpt_redo = 0
         self._ckpt_at_bytes = 0
         self._ckpt_at_time = time.monotonic()
+        self._publisher = Publisher(self.wal.wait_durable, self.catalog.write,
+                                    self._note_published)
         self.recovery_report: RecoveryReport = recover(self)
         self.checkpoint()
         self._stop = threading.Event()
@@ -170,8 +171,9 @@ class Engine:
                 clr_lsn, _ = self.wal.append(RecordType.CLR, [clr.encode()])
                 clrs.append((clr_lsn, clr))
             _, end = self.wal.append(RecordType.END, [EndRecord(txn_id, "abort").encode()])
-            ticket = self._seq.issue()
-        self._publish(ticket, end, lambda t: self._clrs_to_catalog(t, clrs))
+            pending = self._publisher.enqueue(
+                Pending(clrs[-1][0], end, lambda t: self._clrs_to_catalog(t, clrs)))
+        pending.wait()
         return len(chunks)
 
     def reap_expired(self, timeout_s: float | None = None) -> list[bytes]:
@@ -187,46 +189,38 @@ class Engine:
     def apply(self, lsn: int, entry: E.Entry) -> ApplyResult:
         """Apply a committed log entry. Idempotent by LSN; returns once the change is
         durable and visible to readers."""
+        return self.submit(lsn, entry).wait()
+
+    def submit(self, lsn: int, entry: E.Entry) -> Pending:
+        """Log a committed entry and queue its catalog change without waiting: a
+        caller applying a stream of entries (the Raft apply thread) submits them all
+        and they share fsyncs and catalog commits. Pending.wait() gives the result."""
         with self._lock:
             self._check_open()
             if lsn <= self._applied_lsn:
-                return ApplyResult(skipped=True)
+                done = Pending(0, 0, None)
+                done._finish(ApplyResult(skipped=True))
+                return done
             txn = self.txns.end(entry.txn) if entry.txn is not None else None
             record = ApplyRecord(lsn, E.encode_entry(entry), entry.txn,
                                  txn.chunks if txn is not None else [])
             rec_lsn, end = self.wal.append(RecordType.APPLY, [record.encode()])
             self._applied_lsn = lsn
-            ticket = self._seq.issue()
-        return self._publish(ticket, end, lambda t: self._apply_to_catalog(t, rec_lsn, record, entry))
+            return self._publisher.enqueue(
+                Pending(rec_lsn, end, lambda t: self._apply_to_catalog(t, record, entry)))
 
-    def _publish(self, ticket: int, end: int, change):
-        try:
-            self.wal.wait_durable(end)
-        except BaseException as exc:
-            self._seq.fail(exc)
-            raise
-        with self._seq.turn(ticket):
-            try:
-                with self.catalog.write() as t:
-                    result = change(t)
-                    lsn = t.meta("catalog_wal_lsn")
-            except BaseException as exc:
-                self._seq.fail(exc)
-                raise
-            self._catalog_wal_lsn = lsn
-        return result
+    def _note_published(self, lsn: int) -> None:
+        self._catalog_wal_lsn = lsn
 
-    def _apply_to_catalog(self, t: CatalogTxn, rec_lsn: int, record: ApplyRecord,
+    def _apply_to_catalog(self, t: CatalogTxn, record: ApplyRecord,
                           entry: E.Entry) -> ApplyResult:
         result = StateMachine(t, self.wal.segment_of, record.chunks).apply(entry)
         t.set_meta("applied_lsn", record.raft_lsn)
-        t.set_meta("catalog_wal_lsn", rec_lsn)
         return result
 
     def _clrs_to_catalog(self, t: CatalogTxn, clrs: list) -> None:
-        for clr_lsn, clr in clrs:
+        for _clr_lsn, clr in clrs:
             t.add_segment_bytes(self.wal.segment_of(clr.chunk_lsn), dead=clr.size)
-            t.set_meta("catalog_wal_lsn", clr_lsn)
 
     # ---- read path -----------------------------------------------------------------
     @property
@@ -449,11 +443,25 @@ class Engine:
         self._stop.set()
         if self._maint is not None:
             self._maint.join()
-        if self._seq.failure is None:
+        with self._lock:
+            self._closed = True  # no new changes; queued ones still publish
+        self._publisher.stop()
+        if self._publisher.failure is None:
             self.checkpoint()
+        self.wal.close()
+        self.catalog.close()
+
+    def abandon(self) -> None:
+        """Drop the engine the way a crash does: no checkpoint, no final sync; the
+        files stay as they are. For crash-simulating tests and for fatal errors."""
+        self._stop.set()
+        if self._maint is not None:
+            self._maint.join()
         with self._lock:
             self._closed = True
-        self.wal.close()
+        self._publisher.fail(EngineClosed("engine abandoned"))
+        self._publisher.join()
+        self.wal.close(sync=False)
         self.catalog.close()
 
     def __enter__(self):

@@ -150,6 +150,7 @@ def _redo_batch(engine: "Engine", records: list) -> None:
         for rec in records:
             if rec.rtype == RecordType.APPLY:
                 ar = ApplyRecord.decode(rec.payload)
-                engine._apply_to_catalog(t, rec.lsn, ar, decode_entry(ar.entry))
+                engine._apply_to_catalog(t, ar, decode_entry(ar.entry))
             else:
                 engine._clrs_to_catalog(t, [(rec.lsn, ClrRecord.decode(rec.payload))])
+        t.set_meta("catalog_wal_lsn", records[-1].lsn)

@@ -315,9 +315,9 @@ class Wal:
         self._fsync_dir()
         return size
 
-    def close(self) -> None:
+    def close(self, sync: bool = True) -> None:
         if self._fd >= 0:
-            if self.fsync_enabled:
+            if sync and self.fsync_enabled:
                 os.fdatasync(self._fd)
             os.close(self._fd)
             self._fd = -1
