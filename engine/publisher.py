@@ -26,7 +26,7 @@ _MAX_BATCH = 4096
 class Pending:
     """A submitted change; wait() returns its result once durable and visible."""
 
-    __slots__ = ("lsn", "end", "change", "_event", "_result", "_error")
+    __slots__ = ("lsn", "end", "change", "_event", "_result", "_error", "_callbacks", "_cb_lock")
 
     def __init__(self, lsn: int, end: int, change: Callable | None):
         self.lsn = lsn  # the record whose change this is: catalog_wal_lsn once published
@@ -35,10 +35,29 @@ class Pending:
         self._event = threading.Event()
         self._result = None
         self._error: BaseException | None = None
+        self._callbacks: list = []
+        self._cb_lock = threading.Lock()
 
     def _finish(self, result=None, error: BaseException | None = None) -> None:
         self._result, self._error = result, error
-        self._event.set()
+        with self._cb_lock:
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb(self)
+
+    def add_done_callback(self, cb: Callable[["Pending"], None]) -> None:
+        """cb(pending) once done (at once if already done), on the publisher thread:
+        how an event loop awaits a change without parking a thread on wait()."""
+        with self._cb_lock:
+            if not self._event.is_set():
+                self._callbacks.append(cb)
+                return
+        cb(self)
+
+    def result(self):
+        """The result of a finished change (raises its error)."""
+        return self.wait(0)
 
     @property
     def done(self) -> bool:
