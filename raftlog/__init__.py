@@ -1,2 +1,8 @@
-"""The ordered, replicated log (pysyncobj): not built yet. See issue 4 and
-STORAGE_ENGINE_PLAN.md ("What is left")."""
+"""The ordered log every change goes through. Today: `LocalLog`, the single-member
+log of the embedded default. The replicated pysyncobj group (issue 4) implements the
+same `ReplicatedLog` interface, so nothing above this package changes when it lands."""
+
+from .interface import LogUnavailable, ReplicatedLog
+from .local_log import LocalLog
+
+__all__ = ["LocalLog", "LogUnavailable", "ReplicatedLog"]

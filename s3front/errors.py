@@ -69,8 +69,11 @@ ERRORS: dict[str, tuple[int, str]] = {
         "The list of parts was not in ascending order. Parts must be ordered by part number.",
     ),
     "InvalidRange": (416, "The requested range is not satisfiable"),
+    "InvalidPartNumber": (416, "The requested partnumber is not satisfiable"),
     "InvalidRequest": (400, "Invalid Request"),
     "InvalidURI": (400, "Couldn't parse the specified URI."),
+    "InvalidLocationConstraint": (400, "The specified location-constraint is not valid."),
+    "MetadataTooLarge": (400, "Your metadata headers exceed the maximum allowed metadata size."),
     "KeyTooLongError": (400, "Your key is too long"),
     "MalformedXML": (
         400,

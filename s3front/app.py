@@ -1,0 +1,82 @@
+"""The aiohttp application: one catch-all route, authentication, dispatch to the
+operation, and S3 XML errors with a request id for anything that goes wrong.
+
+A failure after a streamed response has started cannot change its status: the
+connection is then cut, which every S3 client treats as a failed transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from aiohttp import web
+
+from raftlog import LogUnavailable
+
+from . import ops_buckets, ops_listing, ops_multipart, ops_objects
+from .conditions import NotModified
+from .context import Ctx
+from .errors import S3Error, error_xml
+from .routing import resolve, split_target
+from .sigv4 import split_raw_target, verify_request
+
+log = logging.getLogger("tidestore.s3")
+
+OPERATIONS = {}
+for _module in (ops_buckets, ops_objects, ops_listing, ops_multipart):
+    OPERATIONS.update(_module.OPERATIONS)
+
+
+def make_app(node) -> web.Application:
+    app = web.Application(client_max_size=1 << 20)
+    app["node"] = node
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    node = request.app["node"]
+    request_id = secrets.token_hex(8).upper()
+    try:
+        bucket, key = split_target(request.host, request.raw_path,
+                                   node.config.virtual_host_domains)
+        raw_path, raw_query = split_raw_target(request.raw_path)
+        auth = verify_request(request.method, raw_path, raw_query, request.headers,
+                              node.lookup_secret)
+        route = resolve(request.method, bucket, key, request.query, request.headers)
+        handler = OPERATIONS.get(route.operation)
+        if handler is None:
+            raise S3Error.of("NotImplemented", f"{route.operation} is not implemented.")
+        response = await handler(Ctx(request, node, route.bucket, route.key, auth, request_id))
+    except NotModified as nm:
+        response = web.Response(status=304, headers=getattr(nm, "headers", None) or {})
+    except S3Error as err:
+        response = error_response(err, request_id, request)
+    except LogUnavailable as exc:
+        response = error_response(S3Error.of("ServiceUnavailable", str(exc)), request_id, request)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:  # noqa: BLE001 - a bug: log it, answer InternalError, never a traceback
+        log.exception("request %s %s failed", request.method, request.raw_path)
+        response = error_response(S3Error.of("InternalError"), request_id, request)
+    response.headers["x-amz-request-id"] = request_id
+    response.headers["x-amz-id-2"] = request_id
+    response.headers["Server"] = "Tidestore"
+    return response
+
+
+def error_response(err: S3Error, request_id: str, request: web.Request) -> web.Response:
+    if err.resource is None:
+        err.resource = request.path
+    headers = {"Content-Type": "application/xml"}
+    headers.update(getattr(err, "headers", None) or {})
+    body = None if request.method == "HEAD" else error_xml(err, request_id)
+    if request.method == "HEAD":
+        headers["x-amz-error-code"] = err.code
+    response = web.Response(status=err.status, body=body, headers=headers)
+    if request.body_exists and not request.content.is_eof():
+        # the body was not read: close rather than parse its bytes as the next request
+        response.force_close()
+    return response

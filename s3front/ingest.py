@@ -1,0 +1,164 @@
+"""Request bodies in, chunks out: streaming, hashed in one pass, never held whole.
+
+A body (plain, or `aws-chunked` with per-chunk signatures and trailing checksums) is
+cut into the node's chunk size. Each chunk is hashed (MD5 for the ETag, the requested
+flexible checksums, SHA-256 when the signature covers the payload) and written to the
+WAL on the I/O pool while the next chunk is read from the socket, so network, hashing
+and disk overlap on two cores. At most two chunks of one upload are in memory. If
+anything goes wrong, the upload's transaction is rolled back and the error raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from .aws_chunked import AwsChunkedDecoder
+from .checksums import MultiHasher, checksum_headers
+from .errors import S3Error
+from .sigv4 import AuthResult, PayloadMode, verify_payload_sha256
+
+PIECE = 1 << 20
+
+
+class Body:
+    """The decoded bytes of a request body, and its trailers once read."""
+
+    def __init__(self, request, auth: AuthResult):
+        self.request = request
+        self.auth = auth
+        self.trailers: dict = {}
+        mode = auth.payload_mode
+        headers = request.headers
+        if mode.is_streaming:
+            declared = headers.get("x-amz-decoded-content-length")
+            if declared is None or not declared.isdigit():
+                raise S3Error.of("MissingContentLength", "x-amz-decoded-content-length is required")
+            self.length = int(declared)
+            trailer_names = [t for t in headers.get("x-amz-trailer", "").split(",") if t.strip()]
+            self._decoder = AwsChunkedDecoder(request.content, mode, auth.signing,
+                                              decoded_content_length=self.length,
+                                              expected_trailers=trailer_names)
+        else:
+            if request.content_length is None and "chunked" not in headers.get("Transfer-Encoding", ""):
+                if request.method == "PUT":
+                    raise S3Error.of("MissingContentLength")
+            self.length = request.content_length
+            self._decoder = None
+
+    async def pieces(self):
+        if self._decoder is not None:
+            async for piece in self._decoder:
+                yield piece
+            self.trailers = self._decoder.trailers
+            return
+        got = 0
+        content = self.request.content
+        while True:
+            piece = await content.read(PIECE)
+            if not piece:
+                break
+            got += len(piece)
+            yield piece
+        if self.length is not None and got != self.length:
+            raise S3Error.of("IncompleteBody")
+
+    async def read_small(self, limit: int) -> bytes:
+        """A small XML body, refusing more than `limit` bytes."""
+        out = bytearray()
+        async for piece in self.pieces():
+            out += piece
+            if len(out) > limit:
+                raise S3Error.of("MaxMessageLengthExceeded", "Your request was too big.")
+        if self.auth.payload_mode is PayloadMode.SHA256:
+            import hashlib
+
+            verify_payload_sha256(self.auth, hashlib.sha256(out).hexdigest())
+        return bytes(out)
+
+
+@dataclass
+class Ingested:
+    txn: bytes
+    chunks: list = field(default_factory=list)  # [(chunk id, length)]
+    size: int = 0
+    etag: str = ""
+    checksums: dict = field(default_factory=dict)  # algorithm -> base64
+
+
+async def ingest(node, request, auth: AuthResult, max_size: int) -> Ingested:
+    """Stream the body into a new transaction; verify every digest the client sent."""
+    headers = request.headers
+    expected = checksum_headers(headers)
+    algorithms = set(expected)
+    for name in headers.get("x-amz-trailer", "").split(","):
+        name = name.strip().lower()
+        if name.startswith("x-amz-checksum-"):
+            algorithms.add(name[len("x-amz-checksum-"):].upper())
+    sdk_alg = headers.get("x-amz-sdk-checksum-algorithm") or headers.get("x-amz-checksum-algorithm")
+    if sdk_alg:
+        algorithms.add(sdk_alg.upper())
+    hasher = MultiHasher(algorithms, sha256=auth.payload_mode is PayloadMode.SHA256)
+    body = Body(request, auth)
+    if body.length is not None and body.length > max_size:
+        raise S3Error.of("EntityTooLarge", ProposedSize=str(body.length), MaxSizeAllowed=str(max_size))
+    chunk_size = node.config.chunk_size
+    out = Ingested(node.begin())
+    in_flight: asyncio.Future | None = None
+
+    def hash_and_write(data: bytes):
+        hasher.update(data)
+        return node.engine.write_chunk(out.txn, data)
+
+    async def submit(data: bytes):
+        nonlocal in_flight
+        if in_flight is not None:
+            ref = await in_flight
+            out.chunks.append((ref.chunk_id, ref.length))
+        if len(data) <= 64 << 10:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(hash_and_write(data))
+            in_flight = fut
+        else:
+            in_flight = asyncio.ensure_future(node.in_io(hash_and_write, data))
+
+    try:
+        buf: list = []
+        buffered = 0
+        async for piece in body.pieces():
+            out.size += len(piece)
+            if out.size > max_size:
+                raise S3Error.of("EntityTooLarge", MaxSizeAllowed=str(max_size))
+            buf.append(piece)
+            buffered += len(piece)
+            while buffered >= chunk_size:
+                joined = buf[0] if len(buf) == 1 else b"".join(buf)
+                view = memoryview(joined)
+                await submit(view[:chunk_size])
+                rest = view[chunk_size:]
+                buf, buffered = ([rest] if len(rest) else []), len(rest)
+        if buffered:
+            await submit(b"".join(buf))
+        if in_flight is not None:
+            ref = await in_flight
+            out.chunks.append((ref.chunk_id, ref.length))
+            in_flight = None
+        if auth.payload_mode is PayloadMode.SHA256:
+            verify_payload_sha256(auth, hasher.sha256_hex())
+        if "Content-MD5" in headers:
+            hasher.verify_content_md5(headers["Content-MD5"])
+        trailed = {k[len("x-amz-checksum-"):].upper(): v for k, v in body.trailers.items()
+                   if k.startswith("x-amz-checksum-")}
+        hasher.verify({**expected, **trailed})
+    except BaseException:
+        if in_flight is not None and not in_flight.done():
+            try:
+                await in_flight
+            except BaseException:  # noqa: BLE001 - already failing
+                pass
+        await node.abort(out.txn)
+        raise
+    out.etag = hasher.md5_hex()
+    out.checksums = {alg: v for alg, v in hasher.checksums().items()
+                     if alg in algorithms}
+    return out

@@ -1,0 +1,222 @@
+"""Object operations: PutObject, GetObject, HeadObject, DeleteObject, CopyObject,
+DeleteObjects."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from engine import entries as E
+
+from . import conditions, object_meta
+from .checksums import MultiHasher
+from .context import Ctx
+from .errors import S3Error
+from .ingest import Body, ingest
+from .names import check_bucket_name, check_key
+from .ops_buckets import require_bucket, result_error, xml
+from .xml_io import DeleteErrorEntry, DeletedEntry, copy_object_result, delete_result, parse_delete
+
+SMALL_GET = 1 << 20  # objects up to this size are read in one go on the event loop
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def put_object(ctx: Ctx):
+    check_key(ctx.key)
+    require_bucket(ctx)  # fail fast; the log's verdict is still the one that counts
+    meta = object_meta.from_request(ctx.headers)
+    ing = await ingest(ctx.node, ctx.request, ctx.auth, ctx.node.config.max_object_size)
+    meta["checksums"] = ing.checksums
+    res = await ctx.node.commit(E.PutObject(ctx.bucket, ctx.key, ing.size, ing.etag, ing.chunks,
+                                            now_ms(), meta, txn_id=ing.txn))
+    if res.error:
+        raise result_error(res, bucket=ctx.bucket)
+    headers = {"ETag": f'"{ing.etag}"'}
+    for alg, value in ing.checksums.items():
+        headers["x-amz-checksum-" + alg.lower()] = value
+    return web.Response(status=200, headers=headers)
+
+
+def _open(ctx: Ctx):
+    reader = ctx.engine.open_object(ctx.bucket, ctx.key)
+    if reader is None:
+        require_bucket(ctx)
+        raise S3Error.of("NoSuchKey", key=ctx.key)
+    return reader
+
+
+def _part_range(info, query) -> tuple[int, int] | None:
+    if "partNumber" not in query:
+        return None
+    try:
+        number = int(query["partNumber"])
+    except ValueError:
+        raise S3Error.of("InvalidArgument", "Part number must be an integer between 1 and 10000",
+                         ArgumentName="partNumber", ArgumentValue=query["partNumber"]) from None
+    parts = info.parts or [[info.size, len(info.chunks)]]
+    if not 1 <= number <= 10000:
+        raise S3Error.of("InvalidArgument", "Part number must be an integer between 1 and 10000",
+                         ArgumentName="partNumber", ArgumentValue=str(number))
+    if number > len(parts):
+        raise S3Error.of("InvalidPartNumber", "The requested partnumber is not satisfiable")
+    start = sum(p[0] for p in parts[: number - 1])
+    return start, start + parts[number - 1][0]
+
+
+def _read_plan(ctx: Ctx, info):
+    """(status, headers, start, end) for a GET or HEAD of this object."""
+    headers = object_meta.response_headers(info, ctx.query)
+    try:
+        conditions.check(ctx.headers, info.etag, info.mtime_ms)
+    except conditions.NotModified as nm:
+        nm.headers = {"ETag": headers["ETag"], "Last-Modified": headers["Last-Modified"]}
+        raise
+    span = _part_range(info, ctx.query)
+    if span is None:
+        span = conditions.parse_range(ctx.headers.get("Range"), info.size)
+    if span is None:
+        headers["Content-Length"] = str(info.size)
+        if ctx.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+            # only a whole-object read carries the whole object's checksum
+            for alg, value in (info.meta or {}).get("checksums", {}).items():
+                headers["x-amz-checksum-" + alg.lower()] = value
+        return 200, headers, 0, info.size
+    start, end = span
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+    headers["Content-Length"] = str(end - start)
+    return 206, headers, start, end
+
+
+async def get_object(ctx: Ctx):
+    await ctx.node.fresh()
+    reader = _open(ctx)
+    try:
+        status, headers, start, end = _read_plan(ctx, reader.info)
+        if end - start <= SMALL_GET:
+            body = b"".join(reader.read(start, end))
+            return web.Response(status=status, body=body, headers=headers)
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(ctx.request)
+        pieces = reader.read(start, end)
+        io = ctx.node.in_io
+        nxt = io(next, pieces, None)
+        while True:
+            piece = await nxt
+            if piece is None:
+                break
+            nxt = io(next, pieces, None)  # read + verify the next piece while this one sends
+            await response.write(piece)
+        await response.write_eof()
+        return response
+    finally:
+        reader.close()
+
+
+async def head_object(ctx: Ctx):
+    await ctx.node.fresh()
+    info = ctx.engine.head_object(ctx.bucket, ctx.key)
+    if info is None:
+        require_bucket(ctx)
+        raise S3Error.of("NoSuchKey", key=ctx.key)
+    status, headers, _start, _end = _read_plan(ctx, info)
+    return web.Response(status=status, headers=headers)
+
+
+async def delete_object(ctx: Ctx):
+    res = await ctx.node.commit(E.DeleteObject(ctx.bucket, ctx.key))
+    if res.error:
+        raise result_error(res, bucket=ctx.bucket)
+    return web.Response(status=204)
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    source, _, query = value.partition("?")
+    if query and query not in ("versionId=null",):
+        raise S3Error.of("InvalidArgument", "Only the null version can be copied from",
+                         ArgumentName="x-amz-copy-source", ArgumentValue=value)
+    source = unquote(source).lstrip("/")
+    bucket, sep, key = source.partition("/")
+    if not sep or not key:
+        raise S3Error.of("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+                         ArgumentName="x-amz-copy-source", ArgumentValue=value)
+    check_bucket_name(bucket)
+    check_key(key)
+    return bucket, key
+
+
+def copy_source_info(ctx: Ctx):
+    src_bucket, src_key = parse_copy_source(ctx.headers["x-amz-copy-source"])
+    info = ctx.engine.head_object(src_bucket, src_key)
+    if info is None:
+        if ctx.engine.bucket(src_bucket) is None:
+            raise S3Error.of("NoSuchBucket", bucket=src_bucket)
+        raise S3Error.of("NoSuchKey", key=src_key)
+    conditions.check(ctx.headers, info.etag, info.mtime_ms, prefix="x-amz-copy-source-")
+    return info
+
+
+async def copy_object(ctx: Ctx):
+    check_key(ctx.key)
+    await ctx.node.fresh()
+    directive = ctx.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error.of("InvalidArgument", "Unknown metadata directive.",
+                         ArgumentName="x-amz-metadata-directive", ArgumentValue=directive)
+    for attempt in range(3):
+        src = copy_source_info(ctx)
+        require_bucket(ctx)
+        if (src.bucket, src.key) == (ctx.bucket, ctx.key) and directive == "COPY":
+            raise S3Error.of("InvalidRequest",
+                             "This copy request is illegal because it is trying to copy an object to itself "
+                             "without changing the object's metadata, storage class, website redirect "
+                             "location or encryption attributes.")
+        meta = None
+        if directive == "REPLACE":
+            meta = object_meta.from_request(ctx.headers, src.meta.get("checksums"))
+        res = await ctx.node.commit(E.CopyObject(src.bucket, src.key, ctx.bucket, ctx.key, now_ms(),
+                                                 meta, if_etag=src.etag))
+        if res.error != "PreconditionFailed":  # the source changed under us: look again
+            break
+    if res.error:
+        raise result_error(res, bucket=ctx.bucket)
+    return xml(copy_object_result(res.value["etag"], res.value["mtime_ms"] / 1000))
+
+
+async def delete_objects(ctx: Ctx):
+    body = await Body(ctx.request, ctx.auth).read_small(2 << 20)
+    if "Content-MD5" in ctx.headers:
+        hasher = MultiHasher()
+        hasher.update(body)
+        hasher.verify_content_md5(ctx.headers["Content-MD5"])
+    request = parse_delete(body)
+    require_bucket(ctx)
+    keys, errors = [], []
+    for obj in request.objects:
+        try:
+            check_key(obj.key)
+            if obj.version_id not in (None, "null"):
+                raise S3Error.of("NoSuchVersion", "The specified version does not exist.")
+            keys.append(obj.key)
+        except S3Error as err:
+            errors.append(DeleteErrorEntry(obj.key, err.code, err.message, obj.version_id))
+    if keys:
+        res = await ctx.node.commit(E.DeleteObjects(ctx.bucket, keys))
+        if res.error:
+            raise result_error(res, bucket=ctx.bucket)
+    deleted = [DeletedEntry(k) for k in keys]  # S3 reports absent keys as deleted too
+    return xml(delete_result(deleted, errors, quiet=request.quiet))
+
+
+OPERATIONS = {
+    "PutObject": put_object,
+    "GetObject": get_object,
+    "HeadObject": head_object,
+    "DeleteObject": delete_object,
+    "CopyObject": copy_object,
+    "DeleteObjects": delete_objects,
+}
