@@ -15,11 +15,11 @@ from aiohttp import web
 
 from raftlog import LogUnavailable
 
-from . import ops_buckets, ops_listing, ops_multipart, ops_objects
+from . import ops_buckets, ops_listing, ops_multipart, ops_objects, sigv2
 from .conditions import NotModified
 from .context import Ctx
 from .errors import S3Error, error_xml
-from .routing import resolve, split_target
+from .routing import resolve, split_target, vhost_bucket
 from .sigv4 import split_raw_target, verify_request
 
 log = logging.getLogger("tidestore.s3")
@@ -40,11 +40,15 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     node = request.app["node"]
     request_id = secrets.token_hex(8).upper()
     try:
-        bucket, key = split_target(request.host, request.raw_path,
-                                   node.config.virtual_host_domains)
+        domains = node.config.virtual_host_domains
+        bucket, key = split_target(request.host, request.raw_path, domains)
         raw_path, raw_query = split_raw_target(request.raw_path)
-        auth = verify_request(request.method, raw_path, raw_query, request.headers,
-                              node.lookup_secret)
+        if sigv2.is_v2(request.headers, raw_query):
+            auth = sigv2.verify_request(request.method, raw_path, raw_query, request.headers,
+                                        node.lookup_secret, vhost_bucket(request.host, domains))
+        else:
+            auth = verify_request(request.method, raw_path, raw_query, request.headers,
+                                  node.lookup_secret)
         route = resolve(request.method, bucket, key, request.query, request.headers)
         handler = OPERATIONS.get(route.operation)
         if handler is None:

@@ -48,17 +48,12 @@ def split_target(host: str, raw_path: str, domains) -> tuple[str | None, str | N
     """(bucket, key) from a virtual-hosted Host or the path. The key is taken from the
     raw path and percent-decoded exactly once, so `a//b`, `../x` and `%2F` survive."""
     path = raw_path.split("?", 1)[0]
-    hostname = host.rsplit(":", 1)[0].lower() if host and not host.startswith("[") else ""
-    vhost_bucket = None
-    for d in domains:
-        if hostname.endswith("." + d):
-            vhost_bucket = hostname[: -len(d) - 1]
-            break
+    bucket_from_host = vhost_bucket(host, domains)
     if not path.startswith("/"):
         raise S3Error.of("InvalidURI", "Couldn't parse the specified URI.")
     rest = path[1:]
-    if vhost_bucket is not None:
-        bucket, raw_key = vhost_bucket, rest
+    if bucket_from_host is not None:
+        bucket, raw_key = bucket_from_host, rest
     else:
         raw_bucket, sep, raw_key = rest.partition("/")
         if not raw_bucket:
@@ -68,6 +63,15 @@ def split_target(host: str, raw_path: str, domains) -> tuple[str | None, str | N
             raw_key = ""
     key = _decode(raw_key) if raw_key else None
     return bucket, key
+
+
+def vhost_bucket(host: str, domains) -> str | None:
+    """The bucket named by a virtual-hosted-style Host header, if it is one."""
+    hostname = host.rsplit(":", 1)[0].lower() if host and not host.startswith("[") else ""
+    for d in domains:
+        if hostname.endswith("." + d):
+            return hostname[: -len(d) - 1]
+    return None
 
 
 def _decode(raw: str) -> str:
