@@ -29,14 +29,49 @@ for _module in (ops_buckets, ops_objects, ops_listing, ops_multipart):
     OPERATIONS.update(_module.OPERATIONS)
 
 
+class InFlight:
+    """Counts requests being handled, so a shutdown can wait for them to finish."""
+
+    def __init__(self):
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+
 def make_app(node) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     app["node"] = node
+    app["in_flight"] = InFlight()
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
+    in_flight = request.app["in_flight"]
+    in_flight.enter()
+    try:
+        return await _dispatch(request)
+    finally:
+        in_flight.leave()
+
+
+async def _dispatch(request: web.Request) -> web.StreamResponse:
     node = request.app["node"]
     request_id = secrets.token_hex(8).upper()
     try:

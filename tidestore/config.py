@@ -61,4 +61,6 @@ def load(path: str | None = None, **overrides) -> NodeConfig:
             values[name] = env
     values.update({k: v for k, v in overrides.items() if v is not None})
     split_listen(values.get("listen", DEFAULT_LISTEN))
+    if bool(values.get("access_key")) != bool(values.get("secret_key")):
+        raise ValueError("give both an access key and a secret key, or neither")
     return NodeConfig(**values)

@@ -47,7 +47,11 @@ async def serve(config: NodeConfig, out=sys.stdout) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    print("Shutting down: draining in-flight requests", file=out, flush=True)
-    await runner.cleanup()  # stops accepting, waits for running handlers (drain timeout)
+    in_flight = runner.app["in_flight"]
+    print(f"Shutting down: draining {in_flight.count} in-flight request(s)", file=out, flush=True)
+    await site.stop()  # no new connections
+    if not await in_flight.drained(config.drain_timeout_s):
+        print(f"Drain timeout: {in_flight.count} request(s) cut off", file=out, flush=True)
+    await runner.cleanup()  # closes idle keep-alive connections
     await node.close()  # final checkpoint: the next start recovers nothing
     print("Stopped cleanly", file=out, flush=True)
