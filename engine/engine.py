@@ -108,6 +108,9 @@ class Engine:
         self._lock = threading.RLock()  # orders WAL appends with their catalog tickets
         self._ckpt_lock = threading.Lock()
         self._pins: Counter = Counter()  # segments a reader is streaming from
+        # chunks of changes submitted but not yet published: reclaim must keep them
+        # ({record lsn: lowest chunk lsn}; published in order, so trimmed from the front)
+        self._unpublished: dict[int, int] = {}
         self._pins_lock = threading.Lock()
         self._applied_lsn = 0
         self._catalog_wal_lsn = 0
@@ -171,6 +174,7 @@ class Engine:
                 clr_lsn, _ = self.wal.append(RecordType.CLR, [clr.encode()])
                 clrs.append((clr_lsn, clr))
             _, end = self.wal.append(RecordType.END, [EndRecord(txn_id, "abort").encode()])
+            self._unpublished[clrs[-1][0]] = min(c[1] for c in chunks)
             pending = self._publisher.enqueue(
                 Pending(clrs[-1][0], end, lambda t: self._clrs_to_catalog(t, clrs)))
         pending.wait()
@@ -206,11 +210,16 @@ class Engine:
                                  txn.chunks if txn is not None else [])
             rec_lsn, end = self.wal.append(RecordType.APPLY, [record.encode()])
             self._applied_lsn = lsn
+            if record.chunks:
+                self._unpublished[rec_lsn] = min(c[1] for c in record.chunks)
             return self._publisher.enqueue(
                 Pending(rec_lsn, end, lambda t: self._apply_to_catalog(t, record, entry)))
 
     def _note_published(self, lsn: int) -> None:
         self._catalog_wal_lsn = lsn
+        with self._lock:
+            for rec_lsn in [r for r in self._unpublished if r <= lsn]:
+                del self._unpublished[rec_lsn]
 
     def _apply_to_catalog(self, t: CatalogTxn, record: ApplyRecord,
                           entry: E.Entry) -> ApplyResult:
@@ -366,7 +375,9 @@ class Engine:
             return 0
         with self._lock:
             oldest_txn = self.txns.oldest_lsn()
-        keep_from = min(x for x in (self._ckpt_redo, self._ckpt_lsn, oldest_txn) if x is not None)
+            oldest_unpublished = min(self._unpublished.values(), default=None)
+        keep_from = min(x for x in (self._ckpt_redo, self._ckpt_lsn, oldest_txn, oldest_unpublished)
+                        if x is not None)
         with self.catalog.read() as t:
             usage = dict(t.segments())
         freed = 0
@@ -383,9 +394,11 @@ class Engine:
                 freed += self.wal.delete_segment(seg)
             self.pool.invalidate_segment(seg)
             doomed.append(seg)
-        if doomed:
+        # rows of segments already gone (a crash between unlink and this write) go too
+        stale = [seg for seg in usage if seg not in self.wal.segments]
+        if doomed or stale:
             with self.catalog.write() as t:
-                for seg in doomed:
+                for seg in doomed + stale:
                     t.delete_segment(seg)
         return freed
 

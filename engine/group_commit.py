@@ -39,9 +39,12 @@ class GroupCommit:
                     self._cond.wait()
                     continue
                 self._syncing = True
-                target, do_sync = self._sync_point()
+                target = -1
+                # never take the log's lock while holding ours: rotation takes them
+                # the other way round (it publishes a sealed segment as durable)
                 self._cond.release()
                 try:
+                    target, do_sync = self._sync_point()
                     do_sync()
                 finally:
                     self._cond.acquire()

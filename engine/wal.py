@@ -72,6 +72,10 @@ class Wal:
         self.segments: list[int] = sorted(
             int(n[: -len(SUFFIX)], 16) for n in os.listdir(directory) if n.endswith(SUFFIX)
         )
+        # where each sealed segment ends (they never change): lets segment_of refuse an
+        # LSN that falls in a deleted segment instead of naming its neighbour
+        self._sealed_end: dict[int, int] = {
+            s: s + os.path.getsize(self._path(s)) for s in self.segments[:-1]}
         self.commit = GroupCommit(self._sync_point)
         self._fd = -1
         self.end = 0
@@ -146,6 +150,7 @@ class Wal:
             os.fdatasync(self._fd)
         os.close(self._fd)
         self.commit.mark_durable(self.end)
+        self._sealed_end[self.segments[-1]] = self.end
         self._create_segment(self.end)
         self._fd = os.open(self._path(self.end), os.O_WRONLY, 0o644)
 
@@ -180,6 +185,9 @@ class Wal:
                 lo = mid
             else:
                 hi = mid - 1
+        end = self._sealed_end.get(segs[lo])
+        if end is not None and lsn >= end:
+            raise KeyError(f"LSN {lsn} is in a deleted segment")
         return segs[lo]
 
     def _read_fd(self, start: int) -> int:
@@ -312,6 +320,7 @@ class Wal:
         size = os.path.getsize(path)
         os.unlink(path)
         self.segments.remove(start)
+        self._sealed_end.pop(start, None)
         self._fsync_dir()
         return size
 

@@ -199,3 +199,36 @@ def test_clean_close_makes_the_next_recovery_trivial(data_dir):
     rep = eng.recovery_report
     assert rep.records_scanned == 0 and rep.records_redone == 0 and rep.applied_lsn == 101
     eng.close()
+
+
+def test_reclaim_keeps_chunks_of_changes_not_yet_published(data_dir):
+    """Regression: a checkpoint between submit() and publication once deleted the
+    segment holding the committing transaction's chunks, poisoning the engine."""
+    import hashlib
+    import time
+
+    eng = reopen(data_dir, segment_size=4 * MIB)
+    w = Writer(eng)
+    w.bucket()
+    a = eng.begin()
+    data_a = os.urandom(MIB)
+    ref_a = eng.write_chunk(a, data_a)
+    loser = eng.begin()
+    for _ in range(3):
+        eng.write_chunk(loser, os.urandom(MIB - 4096))
+    eng.wait_durable()
+    eng.abort(loser)  # the rest of segment 0 is dead
+    for i in range(2):
+        w.put("b", f"other{i}", os.urandom(MIB))
+    assert eng.wal.segment_of(ref_a.lsn) == eng.wal.segments[0] and len(eng.wal.segments) > 1
+    real = eng._publisher._wait_durable
+    eng._publisher._wait_durable = lambda end: (time.sleep(0.3), real(end))[1]  # widen the gap
+    pending = eng.submit(w.next_lsn(), E.PutObject("b", "A", MIB, hashlib.md5(data_a).hexdigest(),
+                                                     [(ref_a.chunk_id, MIB)], 1, txn_id=a))
+    eng.checkpoint()
+    assert pending.wait().ok
+    assert read_all(eng, "b", "A") == data_a
+    eng.close()
+    eng = reopen(data_dir, segment_size=4 * MIB)
+    assert read_all(eng, "b", "A") == data_a
+    eng.close()

@@ -194,3 +194,28 @@ def test_real_fsync_group_commit_on_the_engine_wal(tmp_path):
         t.join()
     assert wal.commit.fsyncs - before < 160
     wal.close()
+
+
+def test_rotation_while_others_wait_for_durability_does_not_deadlock(tmp_path):
+    """Regression: rotation (WAL lock, then group-commit lock) against a group-commit
+    leader (group-commit lock, then WAL lock) deadlocked."""
+    wal = Wal(str(tmp_path), segment_size=4096, fsync=True)
+    wal.open_for_append(0)
+    errors = []
+
+    def writer():
+        try:
+            for _ in range(100):
+                _, end = wal.append(RecordType.APPLY, [b"r" * 700])
+                wal.wait_durable(end)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "writers hung: deadlock"
+    assert not errors and len(wal.segments) > 50
+    wal.close()
