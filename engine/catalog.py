@@ -29,6 +29,15 @@ import msgpack
 
 FORMAT_VERSION = 1
 MISSING = -1
+LMDB_MAX_KEY = 511  # LMDB's compiled-in key limit (lmdb.Environment.max_key_size())
+UPLOAD_ID_MAX = 40
+
+
+def max_key_bytes(bucket: str) -> int:
+    """The longest object key (UTF-8 bytes) the catalog can hold in this bucket: an
+    upload's catalog key (bucket "/" key "\\0" upload id) must fit LMDB's key limit.
+    S3 allows 1024; see STORAGE_ENGINE_PLAN.md, "What is left"."""
+    return LMDB_MAX_KEY - len(bucket.encode()) - 2 - UPLOAD_ID_MAX
 
 _TABLES = ("buckets", "objects", "uploads", "upload_ix", "parts", "chunks", "segments", "meta")
 _U64 = struct.Struct(">Q")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import entries as E
 from .buffer_pool import BufferPool
-from .catalog import MISSING, Catalog, CatalogTxn
+from .catalog import MISSING, Catalog, CatalogTxn, max_key_bytes
 from .checkpoint import CheckpointData, write_master
 from .config import EngineConfig
 from .errors import ChunkCorrupt, ChunkMissing, EngineClosed, UnknownTransaction
@@ -236,6 +236,12 @@ class Engine:
     def applied_lsn(self) -> int:
         """The highest log LSN whose entry this engine has applied (visible or not yet)."""
         return self._applied_lsn
+
+    @staticmethod
+    def max_key_bytes(bucket: str) -> int:
+        """Longest object key this engine can hold in `bucket` (entries naming a longer
+        one are refused with KeyTooLongError, deterministically, never half-applied)."""
+        return max_key_bytes(bucket)
 
     def bucket(self, name: str) -> dict | None:
         with self.catalog.read() as t:

@@ -57,6 +57,8 @@ def _walk(cur, base: bytes, prefix: bytes, delimiter: bytes, start_after: bytes,
 def list_objects(t: CatalogTxn, bucket: str, prefix: str = "", delimiter: str = "",
                  start_after: str = "", max_keys: int = 1000) -> ListPage:
     page = ListPage()
+    if max_keys <= 0:  # as S3: nothing listed, and nothing left to resume from
+        return page
     cur = t.cursor("objects")
     count = 0
     for kind, rel, value in _walk(cur, bucket_prefix(bucket), prefix.encode(),
@@ -89,6 +91,8 @@ def list_uploads(t: CatalogTxn, bucket: str, prefix: str = "", delimiter: str = 
     """In-progress multipart uploads, ordered by key then upload id (S3's order for
     ListMultipartUploads; upload ids here are generated in time order)."""
     page = UploadPage()
+    if max_uploads <= 0:
+        return page
     base = bucket_prefix(bucket)
     cur = t.cursor("uploads")
     pfx, delim = prefix.encode(), delimiter.encode()

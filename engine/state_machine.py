@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import entries as E
-from .catalog import MISSING, CatalogTxn
+from .catalog import MISSING, UPLOAD_ID_MAX, CatalogTxn, max_key_bytes
 
 
 @dataclass
@@ -31,6 +31,10 @@ class ApplyResult:
     @property
     def ok(self) -> bool:
         return self.error is None and not self.skipped
+
+
+def _too_long(bucket: str, key: str) -> bool:
+    return len(key.encode()) > max_key_bytes(bucket)
 
 
 def _norm_etag(etag: str) -> str:
@@ -137,6 +141,8 @@ class StateMachine:
         t = self.t
         if t.bucket(e.bucket) is None:
             return ApplyResult("NoSuchBucket")
+        if _too_long(e.bucket, e.key):
+            return ApplyResult("KeyTooLongError")
         old = t.object(e.bucket, e.key)
         self._take(e.chunks)
         if old is not None:
@@ -175,6 +181,8 @@ class StateMachine:
             return ApplyResult("NoSuchKey")
         if e.if_etag is not None and _norm_etag(e.if_etag) != _norm_etag(src["etag"]):
             return ApplyResult("PreconditionFailed")
+        if _too_long(e.bucket, e.key):
+            return ApplyResult("KeyTooLongError")
         chunks = [(bytes(c), n) for c, n in src["chunks"]]
         self._take(chunks)  # take before releasing: source and destination may be one
         old = t.object(e.bucket, e.key)
@@ -191,6 +199,10 @@ class StateMachine:
     def _create_upload(self, e: E.CreateMultipartUpload):
         if self.t.bucket(e.bucket) is None:
             return ApplyResult("NoSuchBucket")
+        if _too_long(e.bucket, e.key):
+            return ApplyResult("KeyTooLongError")
+        if len(e.upload_id.encode()) > UPLOAD_ID_MAX:
+            return ApplyResult("InvalidArgument")
         self.t.put_upload(e.bucket, e.key, e.upload_id,
                           {"initiated_ms": e.initiated_ms, "meta": e.meta})
         return ApplyResult(value={"upload_id": e.upload_id})

@@ -58,7 +58,9 @@ def make_app(node) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     app["node"] = node
     app["in_flight"] = InFlight()
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    # [\s\S], not ".": a key may hold a newline (%0A), and "." would leave such paths to
+    # aiohttp's plain-text 404 instead of S3
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)
     return app
 
 

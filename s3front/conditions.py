@@ -59,6 +59,16 @@ def check(headers, etag: str, mtime_ms: int, prefix: str = "") -> None:
         raise NotModified()
 
 
+def refuse_write_conditions(headers) -> None:
+    """If-Match / If-None-Match on a write (PutObject, CompleteMultipartUpload) ask for
+    a compare-and-swap the log entries cannot express yet: refuse them (501) rather than
+    ignore them and overwrite an object the client meant to keep."""
+    for name in ("If-None-Match", "If-Match"):
+        if name in headers:
+            raise S3Error.of("NotImplemented", f"Conditional writes ({name}) are not implemented "
+                                               "by this server.")
+
+
 def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     """[start, end) for a single `bytes=` range, None for no (or an ignorable) range;
     raises InvalidRange (416) when the range cannot be satisfied."""

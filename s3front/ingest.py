@@ -4,7 +4,10 @@ A body (plain, or `aws-chunked` with per-chunk signatures and trailing checksums
 cut into the node's chunk size. Each chunk is hashed (MD5 for the ETag, the requested
 flexible checksums, SHA-256 when the signature covers the payload) and written to the
 WAL on the I/O pool while the next chunk is read from the socket, so network, hashing
-and disk overlap on two cores. At most two chunks of one upload are in memory. If
+and disk overlap on two cores. An upload holds at most two chunks (the one being
+read, the one being written), and every chunk buffer takes a slot of the node's
+ingest budget: past it, uploads wait and TCP flow control slows their clients, so
+the server's memory is bounded whatever the number of concurrent uploads. If
 anything goes wrong, the upload's transaction is rolled back and the error raised.
 """
 
@@ -63,6 +66,31 @@ class Body:
         if self.length is not None and got != self.length:
             raise S3Error.of("IncompleteBody")
 
+    async def chunks(self, size: int):
+        """The body in chunks of exactly `size` bytes (the last one shorter). A plain
+        body is read with readexactly, so each chunk is assembled in one copy."""
+        if self._decoder is None and self.length is not None:
+            remaining = self.length
+            content = self.request.content
+            while remaining:
+                n = min(size, remaining)
+                try:
+                    chunk = await content.readexactly(n)
+                except asyncio.IncompleteReadError:
+                    raise S3Error.of("IncompleteBody") from None
+                remaining -= n
+                yield chunk
+            return
+        buf = bytearray()
+        async for piece in self.pieces():
+            buf += piece
+            if len(buf) >= size:
+                chunk = bytes(buf[:size])
+                del buf[:size]
+                yield chunk
+        if buf:
+            yield bytes(buf)
+
     async def read_small(self, limit: int) -> bytes:
         """A small XML body, refusing more than `limit` bytes."""
         out = bytearray()
@@ -102,47 +130,64 @@ async def ingest(node, request, auth: AuthResult, max_size: int) -> Ingested:
     body = Body(request, auth)
     if body.length is not None and body.length > max_size:
         raise S3Error.of("EntityTooLarge", ProposedSize=str(body.length), MaxSizeAllowed=str(max_size))
-    chunk_size = node.config.chunk_size
+    budget: asyncio.Semaphore = node.ingest_slots
     out = Ingested(node.begin())
     in_flight: asyncio.Future | None = None
 
-    def hash_and_write(data: bytes):
+    def hash_and_write(data):
         hasher.update(data)
         return node.engine.write_chunk(out.txn, data)
 
-    async def submit(data: bytes):
+    async def settle():
         nonlocal in_flight
         if in_flight is not None:
-            ref = await in_flight
+            fut, in_flight = in_flight, None
+            ref = await fut
             out.chunks.append((ref.chunk_id, ref.length))
+
+    def submit(data):
+        """Start writing one full chunk; its budget slot is released by the write's
+        completion itself, so a finished write frees memory even while its upload
+        is blocked waiting for a slot."""
+        nonlocal in_flight
         if len(data) <= 64 << 10:
             fut = asyncio.get_running_loop().create_future()
-            fut.set_result(hash_and_write(data))
-            in_flight = fut
+            try:
+                fut.set_result(hash_and_write(data))
+            except BaseException as exc:  # noqa: BLE001 - delivered by settle()
+                fut.set_exception(exc)
         else:
-            in_flight = asyncio.ensure_future(node.in_io(hash_and_write, data))
+            fut = asyncio.ensure_future(node.in_io(hash_and_write, data))
+        fut.add_done_callback(lambda _f: budget.release())
+        in_flight = fut
 
+    chunks = body.chunks(node.config.chunk_size).__aiter__()
     try:
-        buf: list = []
-        buffered = 0
-        async for piece in body.pieces():
-            out.size += len(piece)
+        while True:
+            await budget.acquire()  # before reading: the slot pays for the next chunk
+            try:
+                chunk = await chunks.__anext__()
+            except BaseException:
+                budget.release()
+                raise
+            out.size += len(chunk)
             if out.size > max_size:
+                budget.release()
                 raise S3Error.of("EntityTooLarge", MaxSizeAllowed=str(max_size))
-            buf.append(piece)
-            buffered += len(piece)
-            while buffered >= chunk_size:
-                joined = buf[0] if len(buf) == 1 else b"".join(buf)
-                view = memoryview(joined)
-                await submit(view[:chunk_size])
-                rest = view[chunk_size:]
-                buf, buffered = ([rest] if len(rest) else []), len(rest)
-        if buffered:
-            await submit(b"".join(buf))
-        if in_flight is not None:
-            ref = await in_flight
-            out.chunks.append((ref.chunk_id, ref.length))
-            in_flight = None
+            try:
+                await settle()  # at most one write in flight per upload, in order
+            except BaseException:
+                budget.release()
+                raise
+            submit(chunk)
+    except StopAsyncIteration:
+        pass
+    except BaseException:
+        await _quietly(settle())
+        await node.abort(out.txn)
+        raise
+    try:
+        await settle()
         if auth.payload_mode is PayloadMode.SHA256:
             verify_payload_sha256(auth, hasher.sha256_hex())
         if "Content-MD5" in headers:
@@ -151,14 +196,18 @@ async def ingest(node, request, auth: AuthResult, max_size: int) -> Ingested:
                    if k.startswith("x-amz-checksum-")}
         hasher.verify({**expected, **trailed})
     except BaseException:
-        if in_flight is not None and not in_flight.done():
-            try:
-                await in_flight
-            except BaseException:  # noqa: BLE001 - already failing
-                pass
+        await _quietly(settle())
         await node.abort(out.txn)
         raise
     out.etag = hasher.md5_hex()
     out.checksums = {alg: v for alg, v in hasher.checksums().items()
                      if alg in algorithms}
     return out
+
+
+async def _quietly(awaitable) -> None:
+    """Finish an in-flight write while already failing; its own error adds nothing."""
+    try:
+        await awaitable
+    except BaseException:  # noqa: BLE001
+        pass

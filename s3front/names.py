@@ -59,18 +59,20 @@ def check_bucket_name(name: str) -> str:
     return name
 
 
-def check_key(key: str) -> str:
-    """Return ``key`` if it is 1..1024 bytes of valid UTF-8; raise otherwise."""
+def check_key(key: str, max_bytes: int = None) -> str:
+    """Return ``key`` if it is 1..1024 bytes (or `max_bytes`, if the store's limit is
+    lower) of valid UTF-8; raise otherwise."""
+    limit = MAX_KEY_BYTES if max_bytes is None else min(max_bytes, MAX_KEY_BYTES)
     if not key:
         raise S3Error.of("UserKeyMustBeSpecified", "The object key must not be empty")
     try:
         size = len(key.encode("utf-8"))
     except UnicodeEncodeError:  # lone surrogates: not valid UTF-8
         raise S3Error.of("InvalidArgument", "Object key is not valid UTF-8") from None
-    if size > MAX_KEY_BYTES:
+    if size > limit:
         raise S3Error.of(
             "KeyTooLongError",
-            MaxSizeAllowed=str(MAX_KEY_BYTES),
+            MaxSizeAllowed=str(limit),
             Size=str(size),
         )
     return key

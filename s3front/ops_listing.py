@@ -70,7 +70,11 @@ def encode_token(marker: str) -> str:
 
 def decode_token(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
+        # validate: a damaged token must not silently decode to "" (which restarts the listing)
+        marker = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+        if not marker:
+            raise ValueError("empty continuation token")
+        return marker
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise S3Error.of("InvalidArgument", "The continuation token provided is incorrect",
                          ArgumentName="continuation-token", ArgumentValue=token) from None

@@ -18,7 +18,7 @@ from .ingest import Body, ingest
 from .names import check_key
 from .ops_buckets import owner, require_bucket, result_error, xml
 from .ops_listing import encoding_type, max_keys
-from .ops_objects import copy_source_info, now_ms
+from .ops_objects import check_new_key, copy_source_info, now_ms
 from .xml_io import (
     PartEntry,
     UploadEntry,
@@ -56,7 +56,7 @@ def _part_number(ctx: Ctx) -> int:
 
 
 async def create_upload(ctx: Ctx):
-    check_key(ctx.key)
+    check_new_key(ctx)
     require_bucket(ctx)
     meta = object_meta.from_request(ctx.headers)
     alg = ctx.headers.get("x-amz-checksum-algorithm")
@@ -137,6 +137,7 @@ async def upload_part_copy(ctx: Ctx):
 
 
 async def complete_upload(ctx: Ctx):
+    conditions.refuse_write_conditions(ctx.headers)
     body = await Body(ctx.request, ctx.auth).read_small(8 << 20)
     parts = parse_complete_multipart_upload(body)
     upload_id = ctx.query.get("uploadId", "")
@@ -170,7 +171,7 @@ async def list_parts(ctx: Ctx):
                          ArgumentName="part-number-marker", ArgumentValue=marker_raw)
     marker = int(marker_raw)
     limit = max_keys(ctx.query, "max-parts")
-    parts, truncated = ctx.engine.list_parts(upload_id, marker, limit)
+    parts, truncated = ctx.engine.list_parts(upload_id, marker, limit) if limit else ([], False)
     entries = [PartEntry(n, p["mtime"] / 1000, p["etag"], p["size"], p.get("checksums") or {})
                for n, p in parts]
     return xml(list_parts_result(

@@ -26,8 +26,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def check_new_key(ctx: Ctx) -> None:
+    """A key about to be written: S3's rules, and the store's own length limit."""
+    check_key(ctx.key, ctx.engine.max_key_bytes(ctx.bucket))
+
+
 async def put_object(ctx: Ctx):
-    check_key(ctx.key)
+    check_new_key(ctx)
+    conditions.refuse_write_conditions(ctx.headers)
     require_bucket(ctx)  # fail fast; the log's verdict is still the one that counts
     meta = object_meta.from_request(ctx.headers)
     ing = await ingest(ctx.node, ctx.request, ctx.auth, ctx.node.config.max_object_size)
@@ -42,6 +48,14 @@ async def put_object(ctx: Ctx):
     return web.Response(status=200, headers=headers)
 
 
+def _null_version_only(ctx: Ctx) -> None:
+    """Versioning is off: an object's only version is "null". A request for another
+    version must not be answered with (or act on) the current object."""
+    version = ctx.query.get("versionId")
+    if version is not None and version != "null":
+        raise S3Error.of("NoSuchVersion", key=ctx.key, version_id=version)
+
+
 def _open(ctx: Ctx):
     reader = ctx.engine.open_object(ctx.bucket, ctx.key)
     if reader is None:
@@ -50,7 +64,7 @@ def _open(ctx: Ctx):
     return reader
 
 
-def _part_range(info, query) -> tuple[int, int] | None:
+def _part_range(info, query, headers) -> tuple[int, int] | None:
     if "partNumber" not in query:
         return None
     try:
@@ -58,6 +72,8 @@ def _part_range(info, query) -> tuple[int, int] | None:
     except ValueError:
         raise S3Error.of("InvalidArgument", "Part number must be an integer between 1 and 10000",
                          ArgumentName="partNumber", ArgumentValue=query["partNumber"]) from None
+    if "Range" in headers:
+        raise S3Error.of("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
     parts = info.parts or [[info.size, len(info.chunks)]]
     if not 1 <= number <= 10000:
         raise S3Error.of("InvalidArgument", "Part number must be an integer between 1 and 10000",
@@ -76,7 +92,7 @@ def _read_plan(ctx: Ctx, info):
     except conditions.NotModified as nm:
         nm.headers = {"ETag": headers["ETag"], "Last-Modified": headers["Last-Modified"]}
         raise
-    span = _part_range(info, ctx.query)
+    span = _part_range(info, ctx.query, ctx.headers)
     if span is None:
         span = conditions.parse_range(ctx.headers.get("Range"), info.size)
     if span is None:
@@ -93,6 +109,7 @@ def _read_plan(ctx: Ctx, info):
 
 
 async def get_object(ctx: Ctx):
+    _null_version_only(ctx)
     await ctx.node.fresh()
     reader = _open(ctx)
     try:
@@ -118,6 +135,7 @@ async def get_object(ctx: Ctx):
 
 
 async def head_object(ctx: Ctx):
+    _null_version_only(ctx)
     await ctx.node.fresh()
     info = ctx.engine.head_object(ctx.bucket, ctx.key)
     if info is None:
@@ -128,6 +146,7 @@ async def head_object(ctx: Ctx):
 
 
 async def delete_object(ctx: Ctx):
+    _null_version_only(ctx)
     res = await ctx.node.commit(E.DeleteObject(ctx.bucket, ctx.key))
     if res.error:
         raise result_error(res, bucket=ctx.bucket)
@@ -161,7 +180,7 @@ def copy_source_info(ctx: Ctx):
 
 
 async def copy_object(ctx: Ctx):
-    check_key(ctx.key)
+    check_new_key(ctx)
     await ctx.node.fresh()
     directive = ctx.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):

@@ -114,6 +114,11 @@ def _bucket_op(method: str, query) -> str:
 
 
 def _object_op(method: str, query, headers) -> str:
+    stray = [q for q in query if q in _BUCKET_SUBRESOURCES and q not in _OBJECT_SUBRESOURCES]
+    if stray or (method == "PUT" and "uploads" in query):
+        # a bucket sub-resource on a key (or `PUT ?uploads`) is no object operation: it
+        # must not fall through to PutObject / GetObject / DeleteObject
+        raise S3Error.of("MethodNotAllowed", Method=method, ResourceType=(stray or ["uploads"])[0])
     subs = [q for q in query if q in _OBJECT_SUBRESOURCES]
     if method == "PUT":
         if "uploadId" in query or "partNumber" in query:

@@ -23,6 +23,7 @@ class NodeConfig:
     region: str = "us-east-1"
     clean_slate: bool = False
     chunk_size: int = 4 << 20  # object bytes are cut into chunks of this size
+    ingest_budget: int = 128 << 20  # memory for chunks of uploads in progress, all together
     min_part_size: int = 5 << 20  # S3's minimum for every multipart part but the last
     max_object_size: int = 5 << 40
     virtual_host_domains: list = field(default_factory=lambda: ["localhost"])

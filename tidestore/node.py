@@ -35,6 +35,8 @@ class Node:
                                           **config.engine))
         self.log = LocalLog(self.engine)
         self.io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="node-io")
+        # chunk buffers of uploads in progress, across all connections
+        self.ingest_slots = asyncio.Semaphore(max(2, config.ingest_budget // config.chunk_size))
 
     def lookup_secret(self, access_key: str) -> str | None:
         return self.secret_key if access_key == self.access_key else None
