@@ -270,3 +270,11 @@ def test_short_body_is_incomplete(server, s3, bucket):
         except (ConnectionResetError, TimeoutError):
             pass
     assert_absent(s3, bucket, "short")
+
+
+def test_crc64nvme_is_stored_and_returned(s3, bucket):
+    body = b"hello" * 1000
+    put = s3.put_object(Bucket=bucket, Key="crc64", Body=body, ChecksumAlgorithm="CRC64NVME")
+    got = s3.get_object(Bucket=bucket, Key="crc64", ChecksumMode="ENABLED")
+    assert got["Body"].read() == body
+    assert got["ChecksumCRC64NVME"] == put["ChecksumCRC64NVME"] == "RXy0lWEYIi8="
