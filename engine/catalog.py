@@ -89,7 +89,9 @@ class Catalog:
     @contextmanager
     def write(self):
         with self.env.begin(write=True) as txn:
-            yield CatalogTxn(self, txn)
+            t = CatalogTxn(self, txn)
+            yield t
+            t.flush()
 
     def sync(self) -> None:
         self.env.sync(True)
@@ -99,13 +101,31 @@ class Catalog:
 
 
 class CatalogTxn:
-    """Typed access to the tables inside one LMDB transaction."""
+    """Typed access to the tables inside one LMDB transaction.
 
-    __slots__ = ("cat", "txn")
+    A write transaction may cover a whole publisher batch of entries, so the hottest
+    bookkeeping is gathered in memory and written once at the end (`flush`): segment
+    byte counts are summed, deferred meta values keep the last one, and bucket records
+    are read once. (py-lmdb releases the GIL on every call, which makes each call
+    expensive while the event loop thread is busy: fewer calls, more commits/s.)"""
+
+    __slots__ = ("cat", "txn", "_seg_delta", "_meta_later", "_buckets")
 
     def __init__(self, cat: Catalog, txn: lmdb.Transaction):
         self.cat = cat
         self.txn = txn
+        self._seg_delta: dict = {}
+        self._meta_later: dict = {}
+        self._buckets: dict = {}
+
+    def flush(self) -> None:
+        for start, (live, dead) in self._seg_delta.items():
+            cur = self._get("segments", _U64.pack(start)) or [0, 0]
+            self._put("segments", _U64.pack(start), [cur[0] + live, cur[1] + dead])
+        self._seg_delta.clear()
+        for name, value in self._meta_later.items():
+            self._put("meta", name.encode(), value)
+        self._meta_later.clear()
 
     def _get(self, table, key):
         raw = self.txn.get(key, db=self.cat.db[table])
@@ -126,16 +146,25 @@ class CatalogTxn:
         return default if v is None else v
 
     def set_meta(self, name: str, value) -> None:
+        self._meta_later.pop(name, None)
         self._put("meta", name.encode(), value)
+
+    def set_meta_at_end(self, name: str, value) -> None:
+        """Written by flush(): for values overwritten by every entry of a batch."""
+        self._meta_later[name] = value
 
     # buckets
     def bucket(self, name: str):
-        return self._get("buckets", name.encode())
+        if name not in self._buckets:
+            self._buckets[name] = self._get("buckets", name.encode())
+        return self._buckets[name]
 
     def put_bucket(self, name: str, record: dict) -> None:
+        self._buckets[name] = record
         self._put("buckets", name.encode(), record)
 
     def delete_bucket(self, name: str) -> None:
+        self._buckets[name] = None
         self._delete("buckets", name.encode())
 
     def buckets(self):
@@ -217,13 +246,16 @@ class CatalogTxn:
 
     # segment accounting
     def segment(self, start: int) -> list:
-        return self._get("segments", _U64.pack(start)) or [0, 0]
+        cur = self._get("segments", _U64.pack(start)) or [0, 0]
+        live, dead = self._seg_delta.get(start, (0, 0))
+        return [cur[0] + live, cur[1] + dead]
 
     def add_segment_bytes(self, start: int, live: int = 0, dead: int = 0) -> None:
-        cur = self.segment(start)
-        self._put("segments", _U64.pack(start), [cur[0] + live, cur[1] + dead])
+        cur = self._seg_delta.get(start, (0, 0))
+        self._seg_delta[start] = (cur[0] + live, cur[1] + dead)
 
     def delete_segment(self, start: int) -> None:
+        self._seg_delta.pop(start, None)
         self._delete("segments", _U64.pack(start))
 
     def segments(self):

@@ -224,7 +224,7 @@ class Engine:
     def _apply_to_catalog(self, t: CatalogTxn, record: ApplyRecord,
                           entry: E.Entry) -> ApplyResult:
         result = StateMachine(t, self.wal.segment_of, record.chunks).apply(entry)
-        t.set_meta("applied_lsn", record.raft_lsn)
+        t.set_meta_at_end("applied_lsn", record.raft_lsn)
         return result
 
     def _clrs_to_catalog(self, t: CatalogTxn, clrs: list) -> None:

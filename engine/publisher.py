@@ -112,7 +112,7 @@ class Publisher:
                 with self._catalog_write() as t:
                     for p in batch:
                         results.append(p.change(t))
-                    t.set_meta("catalog_wal_lsn", batch[-1].lsn)
+                    t.set_meta_at_end("catalog_wal_lsn", batch[-1].lsn)
                 self._on_published(batch[-1].lsn)  # only now is it committed
                 self.batches += 1
             except BaseException as exc:  # noqa: BLE001 - poison, fail everyone, stop

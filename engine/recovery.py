@@ -153,4 +153,4 @@ def _redo_batch(engine: "Engine", records: list) -> None:
                 engine._apply_to_catalog(t, ar, decode_entry(ar.entry))
             else:
                 engine._clrs_to_catalog(t, [(rec.lsn, ClrRecord.decode(rec.payload))])
-        t.set_meta("catalog_wal_lsn", records[-1].lsn)
+        t.set_meta_at_end("catalog_wal_lsn", records[-1].lsn)
