@@ -224,8 +224,9 @@ def _iso(dt: datetime) -> str:
 def _parse_amz_date(value: str) -> datetime | None:
     if not _AMZ_DATE.fullmatch(value):
         return None
-    try:
-        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    try:  # slicing: strptime costs a third of a whole verification
+        return datetime(int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]),
+                        int(value[11:13]), int(value[13:15]), tzinfo=timezone.utc)
     except ValueError:
         return None
 
@@ -474,7 +475,7 @@ def _verify_header_auth(
             when = when.replace(tzinfo=timezone.utc)
     if when is None:
         raise S3Error.of("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
-    amz_date = _format_amz(when)
+    amz_date = amz_date_raw.strip() if date_header == "x-amz-date" else _format_amz(when)
     if cred.date != amz_date[:8]:
         raise _header_malformed(
             f'Invalid credential date "{cred.date}". This date is not the same as X-Amz-Date: "{amz_date[:8]}".'

@@ -63,7 +63,8 @@ class Recorder:
         headers = {}
         for name, value in request.headers.items():
             headers[name] = value.decode("utf-8") if isinstance(value, bytes) else value
-        headers.setdefault("Host", _host_from_url(request.url))
+        if not any(k.lower() == "host" for k in headers):  # botocore's CRT signer sets "host"
+            headers["Host"] = _host_from_url(request.url)
         body = request.body
         if body is None:
             data = b""
