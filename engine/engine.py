@@ -12,7 +12,6 @@ import hashlib
 import os
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -133,7 +132,7 @@ class Engine:
     # ---- write path --------------------------------------------------------------
     def begin(self, txn_id: bytes | None = None) -> bytes:
         """Start (or rejoin) a transaction; a replica passes the coordinator's id."""
-        txn_id = txn_id or uuid.uuid4().bytes
+        txn_id = txn_id or os.urandom(TXN_ID_LEN)
         if len(txn_id) != TXN_ID_LEN:
             raise ValueError(f"transaction ids are {TXN_ID_LEN} bytes")
         with self._lock:
@@ -327,6 +326,19 @@ class Engine:
         if held is not None:
             yield held
 
+    def read_chunk_bytes(self, chunk_id: bytes, lsn: int, length: int, lo: int = 0,
+                         hi: int | None = None) -> memoryview:
+        """Bytes [lo, hi) of one chunk, read whole in one pread and verified before
+        anything is returned. For callers that read chunks ahead on several threads
+        (large GETs): verification then runs in parallel, one chunk per thread."""
+        if lsn == MISSING:
+            raise ChunkMissing(chunk_id)
+        seg = self.wal.segment_of(lsn)
+        data = self._read_segment(seg, lsn + CHUNK_DATA_OFFSET - seg, length)
+        if len(data) != length or hashlib.sha256(data).digest() != chunk_id:
+            raise ChunkCorrupt(chunk_id, lsn)
+        return memoryview(data)[lo:length if hi is None else hi]
+
     def _direct_pieces(self, seg: int, start: int, length: int):
         fd_read = self._read_segment
         off, end = start, start + length
@@ -500,9 +512,11 @@ class ObjectReader:
         self._segs = segs
         self._closed = False
 
-    def read(self, start: int = 0, end: int | None = None):
-        """Yields buffers covering [start, end) of the object (end exclusive)."""
+    def spans(self, start: int = 0, end: int | None = None) -> list:
+        """[(chunk id, lsn, length, lo, hi)] for the chunks covering [start, end): the
+        arguments of Engine.read_chunk / read_chunk_bytes, in order."""
         end = self.info.size if end is None else min(end, self.info.size)
+        out = []
         pos = 0
         for cid, length, lsn in self._locations:
             c_start, c_end = pos, pos + length
@@ -511,8 +525,13 @@ class ObjectReader:
                 continue
             if c_start >= end:
                 break
-            yield from self.engine.read_chunk(cid, lsn, length, max(start - c_start, 0),
-                                              min(end, c_end) - c_start)
+            out.append((cid, lsn, length, max(start - c_start, 0), min(end, c_end) - c_start))
+        return out
+
+    def read(self, start: int = 0, end: int | None = None):
+        """Yields buffers covering [start, end) of the object (end exclusive)."""
+        for span in self.spans(start, end):
+            yield from self.engine.read_chunk(*span)
 
     def close(self) -> None:
         if not self._closed:

@@ -26,13 +26,16 @@ _MAX_BATCH = 4096
 class Pending:
     """A submitted change; wait() returns its result once durable and visible."""
 
-    __slots__ = ("lsn", "end", "change", "_event", "_result", "_error", "_callbacks", "_cb_lock")
+    __slots__ = ("lsn", "end", "change", "_event", "_done", "_result", "_error", "_callbacks",
+                 "_cb_lock")
 
     def __init__(self, lsn: int, end: int, change: Callable | None):
         self.lsn = lsn  # the record whose change this is: catalog_wal_lsn once published
         self.end = end
         self.change = change
-        self._event = threading.Event()
+        self._event: threading.Event | None = None  # made by the first wait(): event
+        # loops use add_done_callback and never need one
+        self._done = False
         self._result = None
         self._error: BaseException | None = None
         self._callbacks: list = []
@@ -41,7 +44,9 @@ class Pending:
     def _finish(self, result=None, error: BaseException | None = None) -> None:
         self._result, self._error = result, error
         with self._cb_lock:
-            self._event.set()
+            self._done = True
+            if self._event is not None:
+                self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for cb in callbacks:
             cb(self)
@@ -50,7 +55,7 @@ class Pending:
         """cb(pending) once done (at once if already done), on the publisher thread:
         how an event loop awaits a change without parking a thread on wait()."""
         with self._cb_lock:
-            if not self._event.is_set():
+            if not self._done:
                 self._callbacks.append(cb)
                 return
         cb(self)
@@ -61,10 +66,14 @@ class Pending:
 
     @property
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def wait(self, timeout: float | None = None):
-        if not self._event.wait(timeout):
+        with self._cb_lock:
+            if not self._done and self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        if event is not None and not event.wait(timeout):
             raise TimeoutError("change not yet durable")
         if self._error is not None:
             raise RuntimeError("engine failed; the change was not applied") from self._error

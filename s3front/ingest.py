@@ -22,6 +22,7 @@ from .errors import S3Error
 from .sigv4 import AuthResult, PayloadMode, verify_payload_sha256
 
 PIECE = 1 << 20
+FLUSH_BEHIND = 16 << 20  # large uploads start group commits as they go, not all at the end
 
 
 class Body:
@@ -134,32 +135,61 @@ async def ingest(node, request, auth: AuthResult, max_size: int) -> Ingested:
     out = Ingested(node.begin())
     in_flight: asyncio.Future | None = None
 
-    def hash_and_write(data):
-        hasher.update(data)
-        return node.engine.write_chunk(out.txn, data)
+    engine = node.engine
+    hashes: list = []  # hashing of the last two chunks (MD5 and checksums, in order)
+    flushed_to = 0  # flush-behind: a background group commit every FLUSH_BEHIND bytes
+    flushing: asyncio.Future | None = None
+
+    async def hash_after(prev, data):
+        if prev is not None:
+            await prev
+        await node.in_io(hasher.update, data)
 
     async def settle():
+        """Wait for the previous chunk's write (and the one before's hashing), so an
+        upload never runs more than one write and two hashes ahead of its reads."""
         nonlocal in_flight
+        if len(hashes) > 1:
+            await hashes.pop(0)
         if in_flight is not None:
             fut, in_flight = in_flight, None
             ref = await fut
             out.chunks.append((ref.chunk_id, ref.length))
+            kick_flush(ref.end)
+
+    def kick_flush(end: int) -> None:
+        nonlocal flushed_to, flushing
+        if end - flushed_to >= FLUSH_BEHIND and (flushing is None or flushing.done()):
+            flushed_to = end
+            flushing = asyncio.ensure_future(node.in_io(engine.wait_durable, end))
+            flushing.add_done_callback(_ignore_result)
 
     def submit(data):
-        """Start writing one full chunk; its budget slot is released by the write's
-        completion itself, so a finished write frees memory even while its upload
-        is blocked waiting for a slot."""
+        """Start one chunk: MD5/checksums on one thread, SHA-256 + WAL append on another;
+        its budget slot is released by their completion itself, so a finished chunk
+        frees memory even while its upload is blocked waiting for a slot."""
         nonlocal in_flight
-        if len(data) <= 64 << 10:
-            fut = asyncio.get_running_loop().create_future()
+        prev = hashes[-1] if hashes else None
+        if len(data) <= 64 << 10 and (prev is None or prev.done()):
+            hasher.update(data)  # small: inline, cheaper than a thread hop
+            hashed = asyncio.get_running_loop().create_future()
+            hashed.set_result(None)
+            write = asyncio.get_running_loop().create_future()
             try:
-                fut.set_result(hash_and_write(data))
+                write.set_result(engine.write_chunk(out.txn, data))
             except BaseException as exc:  # noqa: BLE001 - delivered by settle()
-                fut.set_exception(exc)
+                write.set_exception(exc)
         else:
-            fut = asyncio.ensure_future(node.in_io(hash_and_write, data))
-        fut.add_done_callback(lambda _f: budget.release())
-        in_flight = fut
+            hashed = asyncio.ensure_future(hash_after(prev, data))
+            write = asyncio.ensure_future(node.in_io(engine.write_chunk, out.txn, data))
+        hashes.append(hashed)
+        asyncio.gather(write, hashed, return_exceptions=True).add_done_callback(
+            lambda _f: budget.release())
+        in_flight = write
+
+    async def finish_hashing():
+        while hashes:
+            await hashes.pop(0)
 
     chunks = body.chunks(node.config.chunk_size).__aiter__()
     try:
@@ -184,10 +214,12 @@ async def ingest(node, request, auth: AuthResult, max_size: int) -> Ingested:
         pass
     except BaseException:
         await _quietly(settle())
+        await _quietly(finish_hashing())
         await node.abort(out.txn)
         raise
     try:
         await settle()
+        await finish_hashing()
         if auth.payload_mode is PayloadMode.SHA256:
             verify_payload_sha256(auth, hasher.sha256_hex())
         if "Content-MD5" in headers:
@@ -197,6 +229,7 @@ async def ingest(node, request, auth: AuthResult, max_size: int) -> Ingested:
         hasher.verify({**expected, **trailed})
     except BaseException:
         await _quietly(settle())
+        await _quietly(finish_hashing())
         await node.abort(out.txn)
         raise
     out.etag = hasher.md5_hex()
@@ -211,3 +244,9 @@ async def _quietly(awaitable) -> None:
         await awaitable
     except BaseException:  # noqa: BLE001
         pass
+
+
+def _ignore_result(fut: asyncio.Future) -> None:
+    """A flush-behind is advisory: the commit waits for durability itself."""
+    if not fut.cancelled():
+        fut.exception()

@@ -3,6 +3,8 @@ DeleteObjects."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import time
 from urllib.parse import unquote
 
@@ -119,19 +121,46 @@ async def get_object(ctx: Ctx):
             return web.Response(status=status, body=body, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(ctx.request)
-        pieces = reader.read(start, end)
-        io = ctx.node.in_io
-        nxt = io(next, pieces, None)
-        while True:
-            piece = await nxt
-            if piece is None:
-                break
-            nxt = io(next, pieces, None)  # read + verify the next piece while this one sends
-            await response.write(piece)
+        await _stream_chunks(ctx, response, reader.spans(start, end))
         await response.write_eof()
         return response
     finally:
         reader.close()
+
+
+READ_AHEAD = 2  # chunks read and verified ahead of the one being sent
+
+
+async def _stream_chunks(ctx: Ctx, response, spans) -> None:
+    """Send chunks in order while the next ones are read and hashed on other threads
+    (two cores verify two chunks at once). Every buffer held takes a slot of the
+    node's chunk-memory budget, shared with uploads, until it has been sent."""
+    engine, io, slots = ctx.engine, ctx.node.in_io, ctx.node.ingest_slots
+    queue: collections.deque = collections.deque()
+    todo = iter(spans)
+
+    async def fill():
+        while len(queue) < READ_AHEAD + 1:
+            span = next(todo, None)
+            if span is None:
+                return
+            await slots.acquire()
+            queue.append(asyncio.ensure_future(io(engine.read_chunk_bytes, *span)))
+
+    try:
+        await fill()
+        while queue:
+            fut = queue.popleft()
+            try:
+                data = await fut
+                await fill()
+                await response.write(data)
+            finally:
+                slots.release()
+    finally:
+        for fut in queue:  # an error or a client gone: give back what was read ahead
+            fut.cancel()
+            slots.release()
 
 
 async def head_object(ctx: Ctx):

@@ -30,6 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(coro):
+    """The event loop: uvloop where it is installed (less CPU per request)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING),
@@ -44,7 +53,7 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as exc:
             print(f"tidestore: {exc}", file=sys.stderr)
             return 2
-        asyncio.run(serve(config))
+        run(serve(config))
         return 0
     return 2
 
