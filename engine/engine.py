@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from . import entries as E
@@ -108,8 +108,9 @@ class Engine:
         self._ckpt_lock = threading.Lock()
         self._pins: Counter = Counter()  # segments a reader is streaming from
         # chunks of changes submitted but not yet published: reclaim must keep them
-        # ({record lsn: lowest chunk lsn}; published in order, so trimmed from the front)
-        self._unpublished: dict[int, int] = {}
+        # ((record lsn, lowest chunk lsn) in log order; published in order, so trimmed
+        # from the front)
+        self._unpublished: deque = deque()
         self._pins_lock = threading.Lock()
         self._applied_lsn = 0
         self._catalog_wal_lsn = 0
@@ -173,7 +174,7 @@ class Engine:
                 clr_lsn, _ = self.wal.append(RecordType.CLR, [clr.encode()])
                 clrs.append((clr_lsn, clr))
             _, end = self.wal.append(RecordType.END, [EndRecord(txn_id, "abort").encode()])
-            self._unpublished[clrs[-1][0]] = min(c[1] for c in chunks)
+            self._unpublished.append((clrs[-1][0], min(c[1] for c in chunks)))
             pending = self._publisher.enqueue(
                 Pending(clrs[-1][0], end, lambda t: self._clrs_to_catalog(t, clrs)))
         pending.wait()
@@ -210,15 +211,16 @@ class Engine:
             rec_lsn, end = self.wal.append(RecordType.APPLY, [record.encode()])
             self._applied_lsn = lsn
             if record.chunks:
-                self._unpublished[rec_lsn] = min(c[1] for c in record.chunks)
+                self._unpublished.append((rec_lsn, min(c[1] for c in record.chunks)))
             return self._publisher.enqueue(
                 Pending(rec_lsn, end, lambda t: self._apply_to_catalog(t, record, entry)))
 
     def _note_published(self, lsn: int) -> None:
         self._catalog_wal_lsn = lsn
         with self._lock:
-            for rec_lsn in [r for r in self._unpublished if r <= lsn]:
-                del self._unpublished[rec_lsn]
+            unpublished = self._unpublished
+            while unpublished and unpublished[0][0] <= lsn:
+                unpublished.popleft()
 
     def _apply_to_catalog(self, t: CatalogTxn, record: ApplyRecord,
                           entry: E.Entry) -> ApplyResult:
@@ -393,7 +395,7 @@ class Engine:
             return 0
         with self._lock:
             oldest_txn = self.txns.oldest_lsn()
-            oldest_unpublished = min(self._unpublished.values(), default=None)
+            oldest_unpublished = min((lo for _r, lo in self._unpublished), default=None)
         keep_from = min(x for x in (self._ckpt_redo, self._ckpt_lsn, oldest_txn, oldest_unpublished)
                         if x is not None)
         with self.catalog.read() as t:
