@@ -158,17 +158,23 @@ class Noop(Entry):
 
 
 def _plain(value):
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
+    """Tuples as lists, recursively: what msgpack gives back, so encode(decode(x)) is x."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) if isinstance(v, (list, tuple, dict)) else v for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v) if isinstance(v, (list, tuple, dict)) else v for k, v in value.items()}
     return value
 
 
+_FIELD_NAMES: dict = {}
+
+
 def encode_entry(entry: Entry) -> bytes:
-    body = {f.name: _plain(getattr(entry, f.name)) for f in fields(entry)}
+    cls = type(entry)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    body = {name: _plain(getattr(entry, name)) for name in names}
     return msgpack.packb([entry.OP, body], use_bin_type=True)
 
 
