@@ -6,8 +6,8 @@ data directory, yielding the endpoint and credentials, stopped (cleanly) afterwa
     with tidestore_server() as srv:
         s3 = srv.boto3_client()
 
-pytest users get the `tidestore_server` fixture via `pytest -p tidestore.testing`
-(or by importing it into a conftest).
+pytest users get the `tidestore_server_fixture` fixture with `pytest -p tidestore.testing`
+(or `from tidestore.testing import tidestore_server_fixture` in a conftest).
 """
 
 from __future__ import annotations
