@@ -56,6 +56,8 @@ class PutObject(Entry):
     meta: dict = field(default_factory=dict)  # content headers, x-amz-meta-*, checksums
     txn_id: bytes | None = None
     parts: list | None = None  # multipart layout: [(part size, chunk count)], for partNumber reads
+    if_none_match: bool = False  # create only: PreconditionFailed if the key exists
+    if_match: str | None = None  # replace only this ETag ("*": any existing object)
 
     @property
     def txn(self):
@@ -129,6 +131,8 @@ class CompleteMultipartUpload(Entry):
     parts: list  # [(part number, etag)] as the client listed them
     mtime_ms: int
     min_part_size: int = 5 << 20
+    if_none_match: bool = False
+    if_match: str | None = None
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,19 @@ def _norm_etag(etag: str) -> str:
     return etag.strip().strip('"')
 
 
+def _write_condition(e, old) -> ApplyResult | None:
+    """If-None-Match: * / If-Match on a write, judged against the object as of this
+    entry's LSN: the log orders writes, so a conditional write is a compare-and-swap."""
+    if e.if_none_match and old is not None:
+        return ApplyResult("PreconditionFailed")
+    if e.if_match is not None:
+        if old is None:
+            return ApplyResult("NoSuchKey")
+        if e.if_match.strip() != "*" and _norm_etag(e.if_match) != _norm_etag(old["etag"]):
+            return ApplyResult("PreconditionFailed")
+    return None
+
+
 class StateMachine:
     """Binds a catalog transaction to the segment lookup and applies entries."""
 
@@ -144,6 +157,9 @@ class StateMachine:
         if _too_long(e.bucket, e.key):
             return ApplyResult("KeyTooLongError")
         old = t.object(e.bucket, e.key)
+        refused = _write_condition(e, old)
+        if refused is not None:
+            return refused
         self._take(e.chunks)
         if old is not None:
             self._release(old["chunks"])
@@ -250,6 +266,9 @@ class StateMachine:
         for number, part in zip(numbers[:-1], chosen[:-1]):
             if part["size"] < e.min_part_size:
                 return ApplyResult("EntityTooSmall", {"part_number": number})
+        refused = _write_condition(e, t.object(e.bucket, e.key))
+        if refused is not None:
+            return refused  # the upload stays, as in S3: the client may retry without it
         md5s = b"".join(bytes.fromhex(_norm_etag(p["etag"]).split("-")[0]) for p in chosen)
         etag = f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}"
         chunks = [(bytes(c), n) for p in chosen for c, n in p["chunks"]]

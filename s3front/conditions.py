@@ -59,14 +59,20 @@ def check(headers, etag: str, mtime_ms: int, prefix: str = "") -> None:
         raise NotModified()
 
 
-def refuse_write_conditions(headers) -> None:
-    """If-Match / If-None-Match on a write (PutObject, CompleteMultipartUpload) ask for
-    a compare-and-swap the log entries cannot express yet: refuse them (501) rather than
-    ignore them and overwrite an object the client meant to keep."""
-    for name in ("If-None-Match", "If-Match"):
-        if name in headers:
-            raise S3Error.of("NotImplemented", f"Conditional writes ({name}) are not implemented "
-                                               "by this server.")
+def write_conditions(headers) -> dict:
+    """If-None-Match / If-Match on a write (PutObject, CompleteMultipartUpload), as
+    fields of the log entry, which judges them atomically when it is applied. S3 takes
+    only `*` for If-None-Match on a write."""
+    out = {}
+    inm = headers.get("If-None-Match")
+    if inm is not None:
+        if inm.strip() != "*":
+            raise S3Error.of("NotImplemented", "If-None-Match on a write only takes '*'.")
+        out["if_none_match"] = True
+    im = headers.get("If-Match")
+    if im is not None:
+        out["if_match"] = im.strip()
+    return out
 
 
 def parse_range(value: str | None, size: int) -> tuple[int, int] | None:

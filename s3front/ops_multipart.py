@@ -137,13 +137,13 @@ async def upload_part_copy(ctx: Ctx):
 
 
 async def complete_upload(ctx: Ctx):
-    conditions.refuse_write_conditions(ctx.headers)
+    condition = conditions.write_conditions(ctx.headers)
     body = await Body(ctx.request, ctx.auth).read_small(8 << 20)
     parts = parse_complete_multipart_upload(body)
     upload_id = ctx.query.get("uploadId", "")
     res = await ctx.node.commit(E.CompleteMultipartUpload(
         ctx.bucket, ctx.key, upload_id, [(p.part_number, p.etag) for p in parts], now_ms(),
-        ctx.node.config.min_part_size))
+        ctx.node.config.min_part_size, **condition))
     if res.error:
         extra = {"upload_id": upload_id}
         if "part_number" in res.value:

@@ -35,15 +35,15 @@ def check_new_key(ctx: Ctx) -> None:
 
 async def put_object(ctx: Ctx):
     check_new_key(ctx)
-    conditions.refuse_write_conditions(ctx.headers)
+    condition = conditions.write_conditions(ctx.headers)
     require_bucket(ctx)  # fail fast; the log's verdict is still the one that counts
     meta = object_meta.from_request(ctx.headers)
     ing = await ingest(ctx.node, ctx.request, ctx.auth, ctx.node.config.max_object_size)
     meta["checksums"] = ing.checksums
     res = await ctx.node.commit(E.PutObject(ctx.bucket, ctx.key, ing.size, ing.etag, ing.chunks,
-                                            now_ms(), meta, txn_id=ing.txn))
+                                            now_ms(), meta, txn_id=ing.txn, **condition))
     if res.error:
-        raise result_error(res, bucket=ctx.bucket)
+        raise result_error(res, bucket=ctx.bucket, key=ctx.key)
     headers = {"ETag": f'"{ing.etag}"'}
     for alg, value in ing.checksums.items():
         headers["x-amz-checksum-" + alg.lower()] = value

@@ -257,3 +257,21 @@ def test_a_key_the_catalog_cannot_hold_is_refused_deterministically(data_dir):
     eng = Engine(data_dir, maintenance_interval_s=0)  # redo replays the refused entries too
     assert read_all(eng, "bkt", "k" * limit) == b"fits" and eng.head_object("bkt", "after")
     eng.close()
+
+
+def test_conditional_puts_are_judged_at_apply_time(eng):
+    """Two writers racing with If-None-Match: * both stream their data; the log
+    decides, and exactly one wins (the loser's chunks are dead space)."""
+    w = Writer(eng)
+    w.bucket()
+    t1, c1 = w.chunks(b"first writer")
+    t2, c2 = w.chunks(b"second writer")
+    first = w.apply(E.PutObject("b", "k", 12, "e1", c1, 1, txn_id=t1, if_none_match=True))
+    second = w.apply(E.PutObject("b", "k", 13, "e2", c2, 1, txn_id=t2, if_none_match=True))
+    assert first.ok and second.error == "PreconditionFailed"
+    assert read_all(eng, "b", "k") == b"first writer"
+    assert w.apply(E.PutObject("b", "k", 1, "e3", [], 1, if_match='"wrong"')).error == "PreconditionFailed"
+    assert w.apply(E.PutObject("b", "nope", 1, "e3", [], 1, if_match="*")).error == "NoSuchKey"
+    assert w.apply(E.PutObject("b", "k", 0, "e4", [], 1, if_match='"e1"')).ok
+    assert eng.head_object("b", "k").etag == "e4"
+    assert sum(u.live for u in eng.segment_usage()) == 0  # both writers' chunks are dead now

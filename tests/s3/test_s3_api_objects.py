@@ -303,25 +303,33 @@ def test_virtual_host_addressing(server, s3, bucket):
     assert r.error()["Code"] == "AccessDenied"
 
 
-def test_conditional_writes_are_refused_not_ignored(server, s3, bucket):
-    """S3 honours If-None-Match: * (create only) and If-Match on PutObject and
-    CompleteMultipartUpload. This server cannot evaluate them atomically yet; it must
-    say so (501) rather than overwrite an object the client asked to keep."""
-    s3.put_object(Bucket=bucket, Key="keep", Body=b"first")
+def test_conditional_writes_are_compare_and_swap(server, s3, bucket):
+    """If-None-Match: * (create only) and If-Match on PutObject and
+    CompleteMultipartUpload, judged by the log entry when it is applied."""
+    s3.put_object(Bucket=bucket, Key="keep", Body=b"first", IfNoneMatch="*")  # absent: created
     etag = s3.head_object(Bucket=bucket, Key="keep")["ETag"]
-    for cond in ({"IfNoneMatch": "*"}, {"IfMatch": etag}):
-        with pytest.raises(ClientError) as ei:
-            s3.put_object(Bucket=bucket, Key="keep", Body=b"second", **cond)
-        assert code_of(ei) == "NotImplemented"
-        assert status_of(ei) == 501
+    with pytest.raises(ClientError) as ei:
+        s3.put_object(Bucket=bucket, Key="keep", Body=b"second", IfNoneMatch="*")
+    assert (code_of(ei), status_of(ei)) == ("PreconditionFailed", 412)
+    with pytest.raises(ClientError) as ei:
+        s3.put_object(Bucket=bucket, Key="keep", Body=b"second", IfMatch='"0123456789abcdef0123456789abcdef"')
+    assert (code_of(ei), status_of(ei)) == ("PreconditionFailed", 412)
+    with pytest.raises(ClientError) as ei:
+        s3.put_object(Bucket=bucket, Key="absent", Body=b"x", IfMatch=etag)
+    assert (code_of(ei), status_of(ei)) == ("NoSuchKey", 404)
     assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"first"
+    s3.put_object(Bucket=bucket, Key="keep", Body=b"second", IfMatch=etag)  # the right ETag: swapped
+    assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"second"
     uid = s3.create_multipart_upload(Bucket=bucket, Key="keep")["UploadId"]
     part = s3.upload_part(Bucket=bucket, Key="keep", UploadId=uid, PartNumber=1, Body=b"mp")
+    parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
     with pytest.raises(ClientError) as ei:
         s3.complete_multipart_upload(Bucket=bucket, Key="keep", UploadId=uid, IfNoneMatch="*",
-                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
-    assert code_of(ei) == "NotImplemented"
-    assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"first"
-    # unconditional writes still work
-    s3.put_object(Bucket=bucket, Key="keep", Body=b"second")
+                                     MultipartUpload=parts)
+    assert code_of(ei) == "PreconditionFailed"
     assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"second"
+    s3.complete_multipart_upload(Bucket=bucket, Key="keep", UploadId=uid, MultipartUpload=parts)
+    assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"mp"
+    r = signed(server, "PUT", f"/{bucket}/keep", body=b"x", headers={"If-None-Match": '"abc"'})
+    assert r.status == 501
+
