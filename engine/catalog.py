@@ -20,6 +20,8 @@ Keys (all byte strings, so LMDB's order is S3's UTF-8 byte order):
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import os
 import struct
 from contextlib import contextmanager
@@ -31,13 +33,20 @@ FORMAT_VERSION = 1
 MISSING = -1
 LMDB_MAX_KEY = 511  # LMDB's compiled-in key limit (lmdb.Environment.max_key_size())
 UPLOAD_ID_MAX = 40
+MAX_OBJECT_KEY = 1024  # S3's limit
+# Object keys longer than SHORT_KEY bytes do not fit LMDB's keys: all those sharing
+# their first SHORT_KEY bytes P live in one "long-key group" stored under P + 0xFF
+# (no UTF-8 key contains 0xFF, and P + 0xFF sorts after every key of the form
+# P + <UTF-8>), as a list sorted by the rest of the key. Listing expands a group in
+# place, so S3's byte order stays exact. 64 (bucket "/") + 380 + 1 + 8 + 1 + 40 (an
+# upload's key, below) fits in 511.
+SHORT_KEY = 380
+GROUP_MARK = b"\xff"
 
 
 def max_key_bytes(bucket: str) -> int:
-    """The longest object key (UTF-8 bytes) the catalog can hold in this bucket: an
-    upload's catalog key (bucket "/" key "\\0" upload id) must fit LMDB's key limit.
-    S3 allows 1024; see STORAGE_ENGINE_PLAN.md, "What is left"."""
-    return LMDB_MAX_KEY - len(bucket.encode()) - 2 - UPLOAD_ID_MAX
+    """The longest object key (UTF-8 bytes) the catalog holds: S3's 1024."""
+    return MAX_OBJECT_KEY
 
 _TABLES = ("buckets", "objects", "uploads", "upload_ix", "parts", "chunks", "segments", "meta")
 _U64 = struct.Struct(">Q")
@@ -53,7 +62,15 @@ def unpack(data) -> object:
 
 
 def object_key(bucket: str, key: str) -> bytes:
-    return bucket.encode() + b"/" + key.encode()
+    """The LMDB key of an object, or of its long-key group."""
+    kb = key.encode()
+    if len(kb) > SHORT_KEY:
+        kb = kb[:SHORT_KEY] + GROUP_MARK
+    return bucket.encode() + b"/" + kb
+
+
+def is_group(rel: bytes) -> bool:
+    return len(rel) == SHORT_KEY + 1 and rel[-1:] == GROUP_MARK
 
 
 def bucket_prefix(bucket: str) -> bytes:
@@ -61,7 +78,12 @@ def bucket_prefix(bucket: str) -> bytes:
 
 
 def upload_key(bucket: str, key: str, upload_id: str) -> bytes:
-    return object_key(bucket, key) + b"\0" + upload_id.encode()
+    """Uploads of a long key sit under its first SHORT_KEY bytes, 0xFF and 8 bytes of
+    its hash: in order except among long keys sharing SHORT_KEY bytes (hash order)."""
+    kb = key.encode()
+    if len(kb) > SHORT_KEY:
+        kb = kb[:SHORT_KEY] + GROUP_MARK + hashlib.sha256(kb).digest()[:8]
+    return bucket.encode() + b"/" + kb + b"\0" + upload_id.encode()
 
 
 def part_key(upload_id: str, number: int) -> bytes:
@@ -183,21 +205,53 @@ class CatalogTxn:
 
     # objects
     def object(self, bucket: str, key: str):
-        return self._get("objects", object_key(bucket, key))
+        kb = key.encode()
+        if len(kb) <= SHORT_KEY:
+            return self._get("objects", object_key(bucket, key))
+        group, i, found = self._group_slot(bucket, key, kb)
+        return group[i][1] if found else None
 
     def put_object(self, bucket: str, key: str, record: dict) -> None:
-        self._put("objects", object_key(bucket, key), record)
+        kb = key.encode()
+        if len(kb) <= SHORT_KEY:
+            self._put("objects", object_key(bucket, key), record)
+            return
+        group, i, found = self._group_slot(bucket, key, kb)
+        if found:
+            group[i][1] = record
+        else:
+            group.insert(i, [kb[SHORT_KEY:], record])
+        self._put("objects", object_key(bucket, key), group)
 
     def delete_object(self, bucket: str, key: str) -> None:
-        self._delete("objects", object_key(bucket, key))
+        kb = key.encode()
+        if len(kb) <= SHORT_KEY:
+            self._delete("objects", object_key(bucket, key))
+            return
+        group, i, found = self._group_slot(bucket, key, kb)
+        if not found:
+            return
+        del group[i]
+        if group:
+            self._put("objects", object_key(bucket, key), group)
+        else:
+            self._delete("objects", object_key(bucket, key))
+
+    def _group_slot(self, bucket: str, key: str, kb: bytes) -> tuple[list, int, bool]:
+        """(the long-key group of key, where key is or would be in it, is it there)."""
+        group = self._get("objects", object_key(bucket, key)) or []
+        suffix = kb[SHORT_KEY:]
+        i = bisect.bisect_left([bytes(s) for s, _r in group], suffix)
+        return group, i, i < len(group) and bytes(group[i][0]) == suffix
 
     # multipart
     def upload(self, bucket: str, key: str, upload_id: str):
         return self._get("uploads", upload_key(bucket, key, upload_id))
 
     def put_upload(self, bucket: str, key: str, upload_id: str, record: dict) -> None:
-        self._put("uploads", upload_key(bucket, key, upload_id), record)
-        self.txn.put(upload_id.encode(), object_key(bucket, key), db=self.cat.db["upload_ix"])
+        self._put("uploads", upload_key(bucket, key, upload_id), dict(record, key=key))
+        self.txn.put(upload_id.encode(), bucket.encode() + b"/" + key.encode(),
+                     db=self.cat.db["upload_ix"])
 
     def delete_upload(self, bucket: str, key: str, upload_id: str) -> None:
         self._delete("uploads", upload_key(bucket, key, upload_id))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import entries as E
-from .catalog import MISSING, UPLOAD_ID_MAX, CatalogTxn, max_key_bytes
+from .catalog import MISSING, UPLOAD_ID_MAX, CatalogTxn, max_key_bytes, unpack
 
 
 @dataclass
@@ -140,11 +140,11 @@ class StateMachine:
         doomed = []
         cur = t.cursor("uploads")
         if cur.set_range(prefix):
-            for k, _v in cur:
+            for k, v in cur:
                 if not k.startswith(prefix):
                     break
-                okey, _, uid = bytes(k)[len(prefix):].rpartition(b"\0")
-                doomed.append((okey.decode(), uid.decode()))
+                _okey, _, uid = bytes(k)[len(prefix):].rpartition(b"\0")
+                doomed.append((unpack(v)["key"], uid.decode()))
         for key, uid in doomed:
             self._drop_upload(e.bucket, key, uid)
         t.delete_bucket(e.bucket)

@@ -214,10 +214,6 @@ def own_server(tmp_path):
     stop(srv)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: catalog keys are bucket + '/' + key in LMDB, whose key limit is 511 bytes, "
-    "so keys over Engine.max_key_bytes(bucket) (466 bytes in a 3-letter bucket) get "
-    "KeyTooLongError; S3 allows 1024 (STORAGE_ENGINE_PLAN.md, What is left)"))
 def test_key_of_1024_bytes_is_stored(own_server):
     s3 = own_server.boto3_client()
     s3.create_bucket(Bucket="long-keys")
@@ -227,6 +223,34 @@ def test_key_of_1024_bytes_is_stored(own_server):
     up = s3.create_multipart_upload(Bucket="long-keys", Key="m" * 1024)
     s3.abort_multipart_upload(Bucket="long-keys", Key="m" * 1024, UploadId=up["UploadId"])
     s3.put_object(Bucket="long-keys", Key="short", Body=b"still writable")
+    # keys sharing their first 380+ bytes list in exact byte order, with delimiters
+    base = "d/" * 200
+    names = [base + s for s in ("b", "a/x", "a/y", "c" * 500, "a")]
+    for name in names:
+        s3.put_object(Bucket="long-keys", Key=name, Body=b"v")
+    got = [o["Key"] for o in s3.list_objects_v2(Bucket="long-keys", Prefix=base)["Contents"]]
+    assert got == sorted(names, key=str.encode)
+    page = s3.list_objects_v2(Bucket="long-keys", Prefix=base, Delimiter="/")
+    assert [p["Prefix"] for p in page["CommonPrefixes"]] == [base + "a/"]
+    assert [o["Key"] for o in page["Contents"]] == [base + "a", base + "b", base + "c" * 500]
+    paged, token = [], None
+    while True:
+        kw = {"ContinuationToken": token} if token else {}
+        r = s3.list_objects_v2(Bucket="long-keys", Prefix=base, MaxKeys=2, **kw)
+        paged += [o["Key"] for o in r["Contents"]]
+        if not r["IsTruncated"]:
+            break
+        token = r["NextContinuationToken"]
+    assert paged == sorted(names, key=str.encode)
+    mp_key = base + "multipart"
+    uid = s3.create_multipart_upload(Bucket="long-keys", Key=mp_key)["UploadId"]
+    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket="long-keys")["Uploads"]] == [mp_key]
+    part = s3.upload_part(Bucket="long-keys", Key=mp_key, UploadId=uid, PartNumber=1, Body=b"mp")
+    s3.complete_multipart_upload(Bucket="long-keys", Key=mp_key, UploadId=uid,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    assert s3.get_object(Bucket="long-keys", Key=mp_key)["Body"].read() == b"mp"
+    for name in names + [mp_key]:
+        s3.delete_object(Bucket="long-keys", Key=name)
 
 
 def test_keys_over_the_store_limit_are_refused_cleanly_and_the_store_stays_healthy(own_server):
