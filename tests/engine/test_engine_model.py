@@ -23,7 +23,7 @@ from engine import Engine
 from engine import entries as E
 from engine.catalog import MISSING
 
-KEYS = st.sampled_from(["a", "b", "dir/c", "dir/d", "é", "zz"])
+KEYS = st.sampled_from(["a", "b", "dir/c", "dir/d", "é", "zz", "L" * 400 + "1", "L" * 400 + "2/x"])  # the last two share a long-key group
 SIZES = st.sampled_from([0, 1, 100, 4096, 5000, 70000])
 CHUNK = st.sampled_from([1000, 4096, 65536])
 
