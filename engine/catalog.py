@@ -196,9 +196,6 @@ class CatalogTxn:
     def bucket_has_objects(self, name: str) -> bool:
         return self._has_prefix("objects", bucket_prefix(name))
 
-    def bucket_has_uploads(self, name: str) -> bool:
-        return self._has_prefix("uploads", bucket_prefix(name))
-
     def _has_prefix(self, table: str, prefix: bytes) -> bool:
         cur = self.cursor(table)
         return cur.set_range(prefix) and cur.key().startswith(prefix)

@@ -141,11 +141,14 @@ class Engine:
             self.txns.begin(txn_id)
         return txn_id
 
-    def write_chunk(self, txn_id: bytes, data) -> ChunkRef:
-        """Append one chunk to the WAL inside a transaction. Not durable on return."""
+    def write_chunk(self, txn_id: bytes, data, chunk_id: bytes | None = None) -> ChunkRef:
+        """Append one chunk to the WAL inside a transaction. Not durable on return.
+        `chunk_id`, when given, must be the SHA-256 of `data` that the caller has
+        already computed (and verified): hashing it again is skipped. Reads verify it."""
         if len(data) > self.config.max_chunk_size:
             raise ValueError(f"chunk of {len(data)} bytes exceeds {self.config.max_chunk_size}")
-        chunk_id = hashlib.sha256(data).digest()
+        if chunk_id is None:
+            chunk_id = hashlib.sha256(data).digest()
         ms = int(time.time() * 1000)
         with self._lock:
             self._check_open()

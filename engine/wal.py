@@ -22,7 +22,6 @@ from .group_commit import GroupCommit
 from .wal_record import (
     HEADER_SIZE,
     MAGIC,
-    Header,
     crc_ok,
     encode_header,
     padded,

@@ -180,12 +180,12 @@ async def ingest(node, request, auth: AuthResult, max_size: int) -> Ingested:
             hashed.set_result(None)
             write = asyncio.get_running_loop().create_future()
             try:
-                write.set_result(engine.write_chunk(out.txn, data))
+                write.set_result(node.write_chunk(out.txn, data))
             except BaseException as exc:  # noqa: BLE001 - delivered by settle()
                 write.set_exception(exc)
         else:
             hashed = asyncio.ensure_future(hash_after(prev, data))
-            write = asyncio.ensure_future(node.in_io(engine.write_chunk, out.txn, data))
+            write = asyncio.ensure_future(node.in_io(node.write_chunk, out.txn, data))
         hashes.append(hashed)
         asyncio.gather(write, hashed, return_exceptions=True).add_done_callback(
             lambda _f: budget.release())
@@ -259,7 +259,9 @@ async def _ingest_small(node, body: "Body", auth: AuthResult, hasher, expected: 
     hasher.verify(expected)
     out = Ingested(node.begin(), size=len(data))
     if data:
-        ref = node.engine.write_chunk(out.txn, data)
+        # a verified signed payload hash of a one-chunk body is the chunk's id already
+        signed = hasher.digest("SHA256") if auth.payload_mode is PayloadMode.SHA256 else None
+        ref = node.write_chunk(out.txn, data, signed)
         out.chunks.append((ref.chunk_id, ref.length))
     out.etag = hasher.md5_hex()
     out.checksums = {alg: v for alg, v in hasher.checksums().items() if alg in algorithms}

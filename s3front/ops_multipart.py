@@ -15,10 +15,9 @@ from . import conditions, object_meta
 from .context import Ctx
 from .errors import S3Error
 from .ingest import Body, ingest
-from .names import check_key
 from .ops_buckets import owner, require_bucket, result_error, xml
 from .ops_listing import encoding_type, max_keys
-from .ops_objects import check_new_key, copy_source_info, now_ms
+from .ops_objects import check_new_key, now_ms, open_copy_source
 from .xml_io import (
     PartEntry,
     UploadEntry,
@@ -92,16 +91,18 @@ async def upload_part_copy(ctx: Ctx):
     number = _part_number(ctx)
     await ctx.node.fresh()
     upload_id, _rec = _upload(ctx)
-    src = copy_source_info(ctx)
-    start, end = 0, src.size
-    if "x-amz-copy-source-range" in ctx.headers:
-        start, end = conditions.parse_copy_range(ctx.headers["x-amz-copy-source-range"], src.size)
-    if end - start > MAX_PART:
-        raise S3Error.of("EntityTooLarge")
-    node, engine = ctx.node, ctx.engine
-    reader = engine.open_object(src.bucket, src.key)
-    if reader is None:
-        raise S3Error.of("NoSuchKey", key=src.key)
+    reader = open_copy_source(ctx)  # conditions and bytes from one version of the source
+    try:
+        size = reader.info.size
+        start, end = 0, size
+        if "x-amz-copy-source-range" in ctx.headers:
+            start, end = conditions.parse_copy_range(ctx.headers["x-amz-copy-source-range"], size)
+        if end - start > MAX_PART:
+            raise S3Error.of("EntityTooLarge")
+    except BaseException:
+        reader.close()
+        raise
+    node = ctx.node
     txn = node.begin()
     chunks = []
     md5 = hashlib.md5()
@@ -114,11 +115,11 @@ async def upload_part_copy(ctx: Ctx):
                 data = bytes(buf[:node.config.chunk_size])
                 del buf[:node.config.chunk_size]
                 md5.update(data)
-                ref = engine.write_chunk(txn, data)
+                ref = node.write_chunk(txn, data)
                 chunks.append((ref.chunk_id, ref.length))
         if buf:
             md5.update(buf)
-            ref = engine.write_chunk(txn, bytes(buf))
+            ref = node.write_chunk(txn, bytes(buf))
             chunks.append((ref.chunk_id, ref.length))
 
     try:

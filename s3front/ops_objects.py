@@ -197,15 +197,29 @@ def parse_copy_source(value: str) -> tuple[str, str]:
     return bucket, key
 
 
-def copy_source_info(ctx: Ctx):
+def open_copy_source(ctx: Ctx):
+    """The copy source opened in one snapshot, its x-amz-copy-source-if-* conditions
+    checked on exactly the version whose bytes a reader then gets."""
     src_bucket, src_key = parse_copy_source(ctx.headers["x-amz-copy-source"])
-    info = ctx.engine.head_object(src_bucket, src_key)
-    if info is None:
+    reader = ctx.engine.open_object(src_bucket, src_key)
+    if reader is None:
         if ctx.engine.bucket(src_bucket) is None:
             raise S3Error.of("NoSuchBucket", bucket=src_bucket)
         raise S3Error.of("NoSuchKey", key=src_key)
-    conditions.check(ctx.headers, info.etag, info.mtime_ms, prefix="x-amz-copy-source-")
-    return info
+    try:
+        conditions.check(ctx.headers, reader.info.etag, reader.info.mtime_ms,
+                         prefix="x-amz-copy-source-")
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def copy_source_info(ctx: Ctx):
+    """The copy source's metadata (CopyObject copies by reference, conditioned on its
+    ETag in the log entry, so it needs no reader)."""
+    with open_copy_source(ctx) as reader:
+        return reader.info
 
 
 async def copy_object(ctx: Ctx):

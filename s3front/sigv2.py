@@ -80,7 +80,6 @@ def verify_request(method: str, raw_path: str, raw_query: str, headers, lookup_s
             raise S3Error.of("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
         if abs(now - stamp) > MAX_SKEW_S:
             raise S3Error.of("RequestTimeTooSkewed")
-        expires_at = None
     else:
         access_key = query.get("AWSAccessKeyId", "")
         signature = query.get("Signature", "")
@@ -91,7 +90,6 @@ def verify_request(method: str, raw_path: str, raw_query: str, headers, lookup_s
         if now > int(expires):
             raise S3Error.of("AccessDenied", "Request has expired", Expires=expires)
         date_line = expires
-        expires_at = int(expires)
         amz_from_query = {n.lower(): v for n, v in query.items() if n.lower().startswith("x-amz-")}
     secret = lookup_secret(access_key)
     if secret is None:

@@ -20,7 +20,6 @@ from raftlog import LocalLog
 from . import credentials
 from .config import NodeConfig
 
-_INLINE_WRITE = 64 << 10  # smaller chunks are written on the event loop: a hop costs more
 
 
 class Node:
@@ -45,11 +44,10 @@ class Node:
     def begin(self) -> bytes:
         return self.engine.begin()
 
-    async def write_chunk(self, txn: bytes, data: bytes) -> ChunkRef:
-        if len(data) <= _INLINE_WRITE:
-            return self.engine.write_chunk(txn, data)
-        return await asyncio.get_running_loop().run_in_executor(
-            self.io, self.engine.write_chunk, txn, data)
+    def write_chunk(self, txn: bytes, data, chunk_id: bytes | None = None) -> ChunkRef:
+        """Write one chunk of an upload (blocking: callers choose the thread). The seam
+        where the 3-node data path will also send the chunk to the peers."""
+        return self.engine.write_chunk(txn, data, chunk_id)
 
     async def in_io(self, fn, *args):
         """Run blocking work (hashing, disk reads) off the event loop."""

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from engine import Engine
 from engine import entries as E
 from engine.catalog import Catalog, CatalogTxn
+from listing_model import s3_listing
 from engine.listing import list_objects
 
 KEYS = [
@@ -20,24 +21,8 @@ KEYS = [
 
 
 def model_list(keys, prefix="", delimiter="", start_after="", max_keys=1000):
-    """The reference: S3 semantics written the obvious, slow way."""
-    items = []
-    seen = set()
-    for k in sorted(keys, key=lambda s: s.encode()):
-        if not k.startswith(prefix):
-            continue
-        if delimiter:
-            i = k.find(delimiter, len(prefix))
-            if i >= 0:
-                cp = k[: i + len(delimiter)]
-                if cp not in seen:
-                    seen.add(cp)
-                    items.append(("p", cp))
-                continue
-        items.append(("k", k))
-    items = [it for it in items if it[1].encode() > start_after.encode()] if start_after else items
-    page = items[:max_keys]
-    return page, len(items) > max_keys
+    items = s3_listing(keys, prefix, delimiter, start_after)
+    return items[:max_keys], len(items) > max_keys
 
 
 def engine_list(cat, keys_bucket, **kw):

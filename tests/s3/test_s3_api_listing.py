@@ -26,6 +26,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from test_s3_api_support import NS, fresh_name
+from listing_model import s3_listing
 
 N_KEYS = 10_000
 
@@ -60,24 +61,7 @@ def make_keys(n: int = N_KEYS) -> list[str]:
 
 def model(keys, prefix="", delimiter="", start_after=""):
     """What S3 lists, in order: ("K", key) and ("P", common prefix) items."""
-    out, seen = [], set()
-    sa = start_after.encode()
-    for k in keys:
-        if not k.startswith(prefix):
-            continue
-        if delimiter:
-            i = k.find(delimiter, len(prefix))
-            if i >= 0:
-                cp = k[: i + len(delimiter)]
-                if cp not in seen:
-                    seen.add(cp)
-                    if not (sa and cp.encode() <= sa):
-                        out.append(("P", cp))
-                continue
-        if sa and k.encode() <= sa:
-            continue
-        out.append(("K", k))
-    return out
+    return [(kind.upper(), name) for kind, name in s3_listing(keys, prefix, delimiter, start_after)]
 
 
 def inside_a_common_prefix(value, prefix, delimiter) -> bool:

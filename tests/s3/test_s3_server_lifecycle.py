@@ -6,11 +6,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import boto3
-import pytest
 from botocore.config import Config
 
 from tidestore.testing import start, stop
