@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
+        from .malloc_tuning import limit_arenas
+
+        limit_arenas()  # before the server starts any thread
         from .server import serve
 
         try:

@@ -52,7 +52,7 @@ MIB = 1 << 20
 BIG_SIZE = 2 << 30  # the issue's 2 GiB
 QUICK_SIZE = 256 * MIB
 BASELINE_SIZE = {"single": 16 * MIB,  # the flatness check's reference size, per mode:
-                 "multipart": 32 * MIB}  # multipart: enough parts to keep all PART_CONCURRENCY busy
+                 "multipart": 64 * MIB}  # multipart: two waves of parts, so PART_CONCURRENCY is reached
 PART_SIZE = 64 * MIB  # multipart part size for BIG_SIZE
 FLAT_PART_SIZE = 8 * MIB  # and for the flatness check (boto3's default multipart chunk size)
 PART_CONCURRENCY = 4  # parts in flight at once, as a transfer manager would
