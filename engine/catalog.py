@@ -14,6 +14,7 @@ Keys (all byte strings, so LMDB's order is S3's UTF-8 byte order):
     upload_ix upload_id                               -> bucket "/" key
     parts     upload_id "\\0" part_number (u32 BE)    -> part record
     chunks    chunk id (32-byte SHA-256)              -> [lsn or -1 if missing, record bytes, refs]
+    missing   chunk id                                -> b"" (exactly the chunks rows that are MISSING)
     segments  segment start LSN (u64 BE)              -> [live bytes, dead bytes]
     meta      name                                    -> value
 """
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 import lmdb
 import msgpack
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the `missing` table (a format-1 catalog is upgraded on open)
 MISSING = -1
 LMDB_MAX_KEY = 511  # LMDB's compiled-in key limit (lmdb.Environment.max_key_size())
 UPLOAD_ID_MAX = 40
@@ -48,7 +49,8 @@ def max_key_bytes(bucket: str) -> int:
     """The longest object key (UTF-8 bytes) the catalog holds: S3's 1024."""
     return MAX_OBJECT_KEY
 
-_TABLES = ("buckets", "objects", "uploads", "upload_ix", "parts", "chunks", "segments", "meta")
+_TABLES = ("buckets", "objects", "uploads", "upload_ix", "parts", "chunks", "missing", "segments",
+           "meta")
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 
@@ -99,6 +101,11 @@ class Catalog:
         with self.write() as t:
             fmt = t.meta("format")
             if fmt is None:
+                t.set_meta("format", FORMAT_VERSION)
+            elif fmt == 1:  # before the `missing` table: build it from the chunk rows, once
+                for cid, row in list(t.chunks()):
+                    if row[0] == MISSING:
+                        t.add_missing(cid)
                 t.set_meta("format", FORMAT_VERSION)
             elif fmt != FORMAT_VERSION:
                 raise RuntimeError(f"catalog format {fmt} is not {FORMAT_VERSION}")
@@ -294,6 +301,28 @@ class CatalogTxn:
     def chunks(self):
         for k, v in self.cursor("chunks"):
             yield bytes(k), unpack(v)
+
+    # missing chunks: kept by the state machine in step with the MISSING chunk rows
+    def add_missing(self, chunk_id: bytes) -> None:
+        self.txn.put(chunk_id, b"", db=self.cat.db["missing"])
+
+    def remove_missing(self, chunk_id: bytes) -> None:
+        self.txn.delete(chunk_id, db=self.cat.db["missing"])
+
+    def missing(self, limit: int):
+        """Up to `limit` ids of chunks referenced here but not held, in id order."""
+        out = []
+        if limit <= 0:
+            return out
+        for k in self.cursor("missing").iternext(keys=True, values=False):
+            out.append(bytes(k))
+            if len(out) >= limit:
+                break
+        return out
+
+    def count(self, table: str) -> int:
+        """Entries in a table (LMDB keeps the count: no scan)."""
+        return self.txn.stat(self.cat.db[table])["entries"]
 
     # segment accounting
     def segment(self, start: int) -> list:

@@ -24,10 +24,12 @@ from .errors import ChunkCorrupt, ChunkMissing, EngineClosed, UnknownTransaction
 from .listing import ListPage, UploadPage, list_objects, list_uploads
 from .log_records import (
     CHUNK_DATA_OFFSET,
+    CHUNK_PREFIX,
     TXN_ID_LEN,
     ApplyRecord,
     ClrRecord,
     EndRecord,
+    FillRecord,
     chunk_prefix,
 )
 from .recovery import RecoveryReport, recover
@@ -35,7 +37,7 @@ from .publisher import Pending, Publisher
 from .state_machine import ApplyResult, StateMachine
 from .transactions import TxnTable
 from .wal import Wal
-from .wal_record import RecordType
+from .wal_record import RecordType, parse_header
 
 _DIRECT_READ = 1 << 20  # piece size for reads that bypass the pool
 
@@ -112,6 +114,7 @@ class Engine:
         # from the front)
         self._unpublished: deque = deque()
         self._pins_lock = threading.Lock()
+        self._filling: dict[bytes, Pending] = {}  # chunk id -> its fill in flight
         self._applied_lsn = 0
         self._catalog_wal_lsn = 0
         self._closed = False
@@ -217,6 +220,122 @@ class Engine:
                 self._unpublished.append((rec_lsn, min(c[1] for c in record.chunks)))
             return self._publisher.enqueue(
                 Pending(rec_lsn, end, lambda t: self._apply_to_catalog(t, record, entry)))
+
+    # ---- missing chunks: fetched from a peer, filled in ---------------------------------
+    def fill_chunk(self, chunk_id: bytes, data) -> bool:
+        """Fill in a chunk that committed entries reference but this node lacks (its
+        catalog row is MISSING), with bytes fetched from a peer. Returns True once the
+        chunk is durable here and visible to readers; False, writing nothing, if the
+        chunk is not missing (held already, no longer referenced, or being filled by a
+        concurrent call, which this one then waits for). ValueError if the data does
+        not hash to chunk_id.
+
+        Logged as a CHUNK record under an internal transaction, followed at once (same
+        lock hold) by a FILL record that commits it. The FILL's catalog change runs in
+        log order like any entry: if the row is still MISSING then, it gets this
+        location; if an entry released it meanwhile, the bytes count as dead."""
+        chunk_id = bytes(chunk_id)
+        if len(data) > self.config.max_chunk_size:
+            raise ValueError(f"chunk of {len(data)} bytes exceeds {self.config.max_chunk_size}")
+        if hashlib.sha256(data).digest() != chunk_id:
+            raise ValueError(f"data does not hash to chunk {chunk_id.hex()}")
+        failure: BaseException | None = None
+        with self._lock:
+            self._check_open()
+            other = self._filling.get(chunk_id)
+            if other is None:
+                # checked under the lock: a fill published just before is seen here
+                # (its _filling slot is dropped only after publication)
+                with self.catalog.read() as t:
+                    row = t.chunk(chunk_id)
+                if row is None or row[0] != MISSING:
+                    return False
+                txn_id, ref = self._write_fill_chunk(chunk_id, data)
+                try:
+                    pending = self._log_fill(txn_id, ref)
+                except BaseException as exc:  # noqa: BLE001 - rolled back below
+                    failure = exc
+                else:
+                    self._filling[chunk_id] = pending
+        if other is not None:
+            other.wait()
+            return False
+        if failure is not None:  # the CHUNK is logged without its FILL: roll it back
+            try:
+                self.abort(txn_id)
+            except Exception:  # noqa: BLE001 - recovery or the reaper will
+                pass
+            raise failure
+        try:
+            return pending.wait()
+        finally:
+            with self._lock:
+                if self._filling.get(chunk_id) is pending:
+                    del self._filling[chunk_id]
+
+    def _write_fill_chunk(self, chunk_id: bytes, data) -> tuple[bytes, ChunkRef]:
+        """Step 1 of a fill (caller holds the log lock): the CHUNK record, under a fresh
+        internal transaction. Without its FILL it is a loser and gets rolled back."""
+        txn_id = os.urandom(TXN_ID_LEN)
+        ms = int(time.time() * 1000)
+        lsn, end = self.wal.append(RecordType.CHUNK, [chunk_prefix(txn_id, chunk_id, ms), data])
+        self.txns.add_chunk(txn_id, chunk_id, lsn, end - lsn, ms)
+        return txn_id, ChunkRef(chunk_id, lsn, len(data), end)
+
+    def _log_fill(self, txn_id: bytes, ref: ChunkRef) -> Pending:
+        """Step 2 (caller holds the log lock): the FILL record, which commits the fill's
+        transaction, and its catalog change queued for publication."""
+        record = FillRecord(txn_id, ref.chunk_id, ref.lsn, ref.end - ref.lsn)
+        lsn, end = self.wal.append(RecordType.FILL, [record.encode()])
+        self.txns.end(txn_id)
+        self._unpublished.append((lsn, ref.lsn))
+        return self._publisher.enqueue(
+            Pending(lsn, end, lambda t: self._fill_to_catalog(t, record)))
+
+    def _fill_to_catalog(self, t: CatalogTxn, record: FillRecord) -> bool:
+        return StateMachine(t, self.wal.segment_of, None).fill(
+            record.chunk_id, record.chunk_lsn, record.size)
+
+    def missing_chunks(self, limit: int = 1000) -> list[bytes]:
+        """Ids of chunks that committed entries reference but this node lacks (at most
+        `limit`, in id order): what to fetch from peers and hand to fill_chunk."""
+        with self.catalog.read() as t:
+            return t.missing(limit)
+
+    def has_chunk(self, chunk_id: bytes) -> bool:
+        """Whether the catalog holds this chunk here (referenced and not MISSING)."""
+        with self.catalog.read() as t:
+            row = t.chunk(bytes(chunk_id))
+        return row is not None and row[0] != MISSING
+
+    def read_chunk_by_id(self, chunk_id: bytes) -> bytes | None:
+        """The whole of a chunk held here, SHA-256 verified (ChunkCorrupt otherwise),
+        or None if the catalog has no such chunk or it is MISSING. For serving peers'
+        fetches. The segment is pinned from the catalog lookup on, so a concurrent
+        delete plus reclamation cannot remove it mid-read."""
+        chunk_id = bytes(chunk_id)
+        with self.catalog.read() as t:
+            row = t.chunk(chunk_id)
+            if row is None or row[0] == MISSING:
+                return None
+            lsn = row[0]
+            try:
+                seg = self.wal.segment_of(lsn)
+            except KeyError:
+                raise ChunkCorrupt(chunk_id, lsn) from None
+            self._pin_segments((seg,))  # inside the snapshot: reclaim cannot race us
+        try:
+            head = self._read_segment(seg, lsn - seg, CHUNK_DATA_OFFSET)
+            h = parse_header(head, lsn)
+            if h is None or h.rtype != RecordType.CHUNK or h.length < CHUNK_PREFIX.size:
+                raise ChunkCorrupt(chunk_id, lsn)
+            length = h.length - CHUNK_PREFIX.size
+            data = self._read_segment(seg, lsn + CHUNK_DATA_OFFSET - seg, length)
+        finally:
+            self._unpin_segments((seg,))
+        if len(data) != length or hashlib.sha256(data).digest() != chunk_id:
+            raise ChunkCorrupt(chunk_id, lsn)
+        return data
 
     def _note_published(self, lsn: int) -> None:
         self._catalog_wal_lsn = lsn
@@ -451,9 +570,14 @@ class Engine:
             "wal_segments": len(self.wal.segments),
             "fsyncs": self.wal.commit.fsyncs,
             "open_txns": len(self.txns),
+            "missing_chunks": self._missing_count(),
             "checkpoint_lsn": self._ckpt_lsn,
             "buffer_pool": self.pool.stats(),
         }
+
+    def _missing_count(self) -> int:
+        with self.catalog.read() as t:
+            return t.count("missing")
 
     def _maintenance_loop(self) -> None:
         cfg = self.config

@@ -5,6 +5,7 @@
     CLR         msgpack [txn id, compensated chunk lsn, its record size, undo-next lsn]
     END         msgpack [txn id, outcome]
     CHECKPOINT  checkpoint.CheckpointData
+    FILL        msgpack [fill txn id, chunk id, chunk record lsn, its record size]
 
 CHUNK data is raw, so that chunk bytes are written once (no double write) and read
 back in place at a fixed offset from the record's LSN.
@@ -77,3 +78,25 @@ class EndRecord:
     @classmethod
     def decode(cls, data: bytes) -> "EndRecord":
         return cls(*msgpack.unpackb(data, raw=False))
+
+
+@dataclass(slots=True)
+class FillRecord:
+    """A chunk this node lacked (MISSING in the catalog), fetched from a peer and
+    written as a CHUNK record under an internal transaction `txn_id`: FILL is that
+    transaction's commit. Its catalog effect: if the row is still MISSING, it gets
+    the chunk's location (live bytes); otherwise the chunk's bytes are dead."""
+
+    txn_id: bytes
+    chunk_id: bytes
+    chunk_lsn: int
+    size: int
+
+    def encode(self) -> bytes:
+        return msgpack.packb([self.txn_id, self.chunk_id, self.chunk_lsn, self.size],
+                             use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "FillRecord":
+        txn, cid, lsn, size = msgpack.unpackb(data, raw=False)
+        return cls(bytes(txn), bytes(cid), lsn, size)

@@ -2,12 +2,15 @@
 
 Analysis starts at the checkpoint the master record names, with that checkpoint's
 transaction table, and reads every record after it: chunks join their transaction,
-APPLY and END records end one, CLRs remove a compensated chunk. It finds the end of
+APPLY, FILL and END records end one, CLRs remove a compensated chunk. It finds the end of
 the log, cutting a torn tail; corruption anywhere else stops recovery with an error.
 
-Redo starts at the checkpoint's redo point and replays each APPLY and CLR record whose
-LSN is above the catalog's own `catalog_wal_lsn` (the pageLSN rule), so it is
-idempotent and safe to interrupt.
+Redo starts at the checkpoint's redo point and replays each APPLY, CLR and FILL record
+whose LSN is above the catalog's own `catalog_wal_lsn` (the pageLSN rule), so it is
+idempotent and safe to interrupt. A FILL (a chunk fetched from a peer, written as a
+CHUNK under an internal transaction that the FILL commits) fills its row only if the
+row is still MISSING at that point of the log; otherwise its bytes are dead. A fill's
+CHUNK without its FILL is a loser like any other, and undone.
 
 Undo rolls back the losers, transactions with chunks but no commit, writing one CLR
 per chunk (newest first, each naming the next to undo) and an END. With a grace period
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoint import CheckpointData, read_master
 from .entries import decode_entry
-from .log_records import ApplyRecord, ClrRecord, EndRecord, parse_chunk
+from .log_records import ApplyRecord, ClrRecord, EndRecord, FillRecord, parse_chunk
 from .transactions import TxnTable
 from .wal_record import RecordType
 
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 REDO_BATCH = 512  # records redone per LMDB transaction
+_REDONE = (RecordType.APPLY, RecordType.CLR, RecordType.FILL)  # records with a catalog effect
 
 
 @dataclass
@@ -93,6 +97,8 @@ def recover(engine: "Engine") -> RecoveryReport:
             txns.compensated(clr.txn_id, clr.chunk_lsn)
         elif rtype == RecordType.END:
             txns.end(EndRecord.decode(rec.payload).txn_id)
+        elif rtype == RecordType.FILL:
+            txns.end(FillRecord.decode(rec.payload).txn_id)  # commits the fill's chunk
         elif rtype == RecordType.CHECKPOINT:
             # a checkpoint whose master record was never written: its table is
             # what we already hold, since we scanned everything before it
@@ -113,7 +119,7 @@ def recover(engine: "Engine") -> RecoveryReport:
     redo_from = cat_lsn if cat_lsn >= report.redo_lsn else report.redo_lsn
     batch: list = []
     for rec in wal.scan(redo_from):
-        if rec.lsn <= cat_lsn or rec.rtype not in (RecordType.APPLY, RecordType.CLR):
+        if rec.lsn <= cat_lsn or rec.rtype not in _REDONE:
             continue
         batch.append(rec)
         if len(batch) >= REDO_BATCH:
@@ -151,6 +157,8 @@ def _redo_batch(engine: "Engine", records: list) -> None:
             if rec.rtype == RecordType.APPLY:
                 ar = ApplyRecord.decode(rec.payload)
                 engine._apply_to_catalog(t, ar, decode_entry(ar.entry))
+            elif rec.rtype == RecordType.FILL:
+                engine._fill_to_catalog(t, FillRecord.decode(rec.payload))
             else:
                 engine._clrs_to_catalog(t, [(rec.lsn, ClrRecord.decode(rec.payload))])
         t.set_meta_at_end("catalog_wal_lsn", records[-1].lsn)

@@ -9,7 +9,9 @@ not exceptions: every replica reaches the same verdict, and the proposer reports
 Chunks are reference counted: objects and parts hold references; a chunk whose count
 drops to zero is deleted from the catalog and its bytes count as dead in its segment.
 A transaction's chunk that nobody references (a duplicate, or an entry that failed)
-is dead at once.
+is dead at once. A referenced chunk this node does not hold is a MISSING row, listed
+in the `missing` table (kept in step here) until a FILL record or a later upload of
+the same bytes fills it, or its last reference goes.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class StateMachine:
                     break
             else:
                 t.put_chunk(cid, MISSING, 0, 1)
+                t.add_missing(cid)
 
     def _fill_missing(self, cid: bytes, row) -> None:
         for i, (pid, lsn, size) in enumerate(self.pending):
@@ -90,7 +93,22 @@ class StateMachine:
                 t = self.t
                 t.put_chunk(cid, lsn, size, t.chunk(cid)[2])
                 t.add_segment_bytes(self.segment_of(lsn), live=size)
+                t.remove_missing(cid)
                 return
+
+    def fill(self, cid: bytes, lsn: int, size: int) -> bool:
+        """A FILL record: the chunk at `lsn` (fetched from a peer) fills the row if it
+        is still MISSING at this point of the log; otherwise (filled meanwhile, or no
+        longer referenced) its bytes are dead. Returns whether it filled the row."""
+        t = self.t
+        row = t.chunk(cid)
+        if row is not None and row[0] == MISSING:
+            t.put_chunk(cid, lsn, size, row[2])
+            t.add_segment_bytes(self.segment_of(lsn), live=size)
+            t.remove_missing(cid)
+            return True
+        t.add_segment_bytes(self.segment_of(lsn), dead=size)
+        return False
 
     def _release(self, chunks) -> None:
         t = self.t
@@ -106,6 +124,8 @@ class StateMachine:
             if lsn != MISSING:
                 seg = self.segment_of(lsn)
                 t.add_segment_bytes(seg, live=-size, dead=size)
+            else:
+                t.remove_missing(cid)
 
     def finish(self) -> None:
         """Whatever the transaction wrote that nothing took is dead space."""

@@ -36,6 +36,7 @@ class RecordType(enum.IntEnum):
     CLR = 3  # compensation: one chunk of a loser transaction undone (redo-only)
     END = 4  # a transaction is finished (committed by APPLY, or fully rolled back)
     CHECKPOINT = 5  # fuzzy checkpoint: redo point, active transactions, dirty pages
+    FILL = 6  # a chunk fetched from a peer fills a MISSING catalog row (commits its CHUNK)
 
 
 def padded(n: int) -> int:

@@ -1,7 +1,8 @@
 """Model-based test: random operations and crashes against a dict.
 
 Operations: puts (one or many chunks), deletes, copies, multipart uploads, uploads
-left uncommitted, explicit aborts, run-time reaping, checkpoints. Crashes of two
+left uncommitted, explicit aborts, run-time reaping, checkpoints, puts whose chunks
+this node never received (MISSING, as on a replica that was down) and fills of them. Crashes of two
 kinds: a process crash (every written byte survives, as with kill -9) and a power-loss
 style crash in which the WAL loses everything past its durable point, cut at a random
 offset (so torn records appear), and the catalog falls back to its state at the last
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine import Engine
+from engine import ChunkMissing, Engine
 from engine import entries as E
 from engine.catalog import MISSING
 
@@ -46,6 +47,7 @@ class EngineModel(RuleBasedStateMachine):
         self.snap = os.path.join(self.root, "catalog-at-checkpoint")
         self.model: dict[str, bytes] = {}
         self.open_txns: list = []
+        self.fetchable: dict[bytes, bytes] = {}  # what a peer would serve: chunk id -> bytes
         self.lsn = 0
         self.seed = 0
         self.crashes = 0
@@ -100,6 +102,27 @@ class EngineModel(RuleBasedStateMachine):
                   (self.eng.write_chunk(txn, data[i:i + chunk]) for i in range(0, len(data), chunk))]
         assert self.apply(E.PutObject("b", key, len(data), "e", chunks, 1, txn_id=txn)).ok
         self.model[key] = data
+
+    @rule(key=KEYS, size=SIZES, chunk=CHUNK)
+    def put_missing(self, key, size, chunk):
+        """A committed put whose chunks streamed while this node was down."""
+        self.seed += 1
+        data = content(self.seed, size)
+        chunks = []
+        for i in range(0, len(data), chunk):
+            piece = data[i:i + chunk]
+            cid = hashlib.sha256(piece).digest()
+            self.fetchable[cid] = piece
+            chunks.append((cid, len(piece)))
+        assert self.apply(E.PutObject("b", key, size, "e", chunks, 1, txn_id=os.urandom(16))).ok
+        self.model[key] = data
+
+    @rule(fraction=st.sampled_from([0.5, 1.0]))
+    def fill_missing(self, fraction):
+        missing = self.eng.missing_chunks()
+        for cid in missing[:max(1, int(len(missing) * fraction))]:
+            assert self.eng.fill_chunk(cid, self.fetchable[cid]) is True
+            assert self.eng.fill_chunk(cid, self.fetchable[cid]) is False
 
     @rule(key=KEYS, size=SIZES, chunk=CHUNK)
     def leave_uncommitted(self, key, size, chunk):
@@ -185,9 +208,16 @@ class EngineModel(RuleBasedStateMachine):
             return
         listed = [k for k, _ in self.eng.list_objects("b", max_keys=1000).entries]
         assert listed == sorted(self.model, key=str.encode)
+        missing = set(self.eng.missing_chunks(limit=1 << 30))
         for key, data in self.model.items():
-            with self.eng.open_object("b", key) as r:
-                got = b"".join(bytes(p) for p in r.read())
+            lacking = {c for c, _n in self.eng.head_object("b", key).chunks} & missing
+            try:
+                with self.eng.open_object("b", key) as r:
+                    got = b"".join(bytes(p) for p in r.read())
+            except ChunkMissing as exc:
+                assert exc.chunk_id in lacking, key
+                continue
+            assert not lacking, key
             assert got == data, key
 
     @invariant()
@@ -197,6 +227,9 @@ class EngineModel(RuleBasedStateMachine):
         with self.eng.catalog.read() as t:
             referenced = sum(size for _cid, (lsn, size, refs) in t.chunks() if lsn != MISSING)
             assert all(refs > 0 for _cid, (_l, _s, refs) in t.chunks())
+            missing = {cid for cid, (lsn, _s, _r) in t.chunks() if lsn == MISSING}
+            assert set(t.missing(1 << 30)) == missing
+        assert self.eng.stats()["missing_chunks"] == len(missing)
         usage = self.eng.segment_usage()
         assert sum(u.live for u in usage) == referenced
         assert all(u.live >= 0 and u.dead >= 0 for u in usage)
