@@ -13,6 +13,7 @@ import secrets
 
 from aiohttp import web
 
+from engine.errors import ChunkMissing
 from raftlog import LogUnavailable
 
 from . import ops_buckets, ops_listing, ops_multipart, ops_objects, sigv2
@@ -60,8 +61,28 @@ def make_app(node) -> web.Application:
     app["in_flight"] = InFlight()
     # [\s\S], not ".": a key may hold a newline (%0A), and "." would leave such paths to
     # aiohttp's plain-text 404 instead of S3
+    # operator endpoints: "_" cannot start a bucket name, so no S3 path is shadowed
+    app.router.add_get("/_tidestore/status", group_status)
+    app.router.add_get("/_tidestore/health", health)
     app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)
     return app
+
+
+async def group_status(request: web.Request) -> web.Response:
+    """Every member's role, term, commit and applied LSN, lag and health, as JSON:
+    what `tidestore status` shows. Unauthenticated, like a health check: it carries
+    no object data or names."""
+    members = await request.app["node"].group_status()
+    return web.json_response({"members": members})
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 when this node can serve fresh reads (it reaches a quorum), else 503."""
+    try:
+        await request.app["node"].fresh()
+    except LogUnavailable as exc:
+        return web.json_response({"healthy": False, "reason": str(exc)}, status=503)
+    return web.json_response({"healthy": True})
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -97,6 +118,9 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         response = error_response(err, request_id, request)
     except LogUnavailable as exc:
         response = error_response(S3Error.of("ServiceUnavailable", str(exc)), request_id, request)
+    except ChunkMissing:  # a replica still filling in chunks it missed while down
+        response = error_response(S3Error.of("ServiceUnavailable", "This replica does not hold the data yet; retry."),
+                                  request_id, request)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:  # noqa: BLE001 - a bug: log it, answer InternalError, never a traceback

@@ -174,7 +174,7 @@ async def ingest(node, request, auth: AuthResult, max_size: int) -> Ingested:
         frees memory even while its upload is blocked waiting for a slot."""
         nonlocal in_flight
         prev = hashes[-1] if hashes else None
-        if len(data) <= 64 << 10 and (prev is None or prev.done()):
+        if len(data) <= 64 << 10 and node.inline_writes and (prev is None or prev.done()):
             hasher.update(data)  # small: inline, cheaper than a thread hop
             hashed = asyncio.get_running_loop().create_future()
             hashed.set_result(None)
@@ -261,7 +261,10 @@ async def _ingest_small(node, body: "Body", auth: AuthResult, hasher, expected: 
     if data:
         # a verified signed payload hash of a one-chunk body is the chunk's id already
         signed = hasher.digest("SHA256") if auth.payload_mode is PayloadMode.SHA256 else None
-        ref = node.write_chunk(out.txn, data, signed)
+        if node.inline_writes:
+            ref = node.write_chunk(out.txn, data, signed)
+        else:
+            ref = await node.in_io(node.write_chunk, out.txn, data, signed)
         out.chunks.append((ref.chunk_id, ref.length))
     out.etag = hasher.md5_hex()
     out.checksums = {alg: v for alg, v in hasher.checksums().items() if alg in algorithms}

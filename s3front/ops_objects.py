@@ -11,6 +11,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from engine import entries as E
+from engine.errors import ChunkMissing
 
 from . import conditions, object_meta
 from .checksums import MultiHasher
@@ -117,7 +118,11 @@ async def get_object(ctx: Ctx):
     try:
         status, headers, start, end = _read_plan(ctx, reader.info)
         if end - start <= SMALL_GET:
-            body = b"".join(reader.read(start, end))
+            try:
+                body = b"".join(reader.read(start, end))
+            except ChunkMissing:  # in a group: this replica has not got it yet
+                body = b"".join([bytes(await ctx.node.read_chunk_bytes(*span))
+                                 for span in reader.spans(start, end)])
             return web.Response(status=status, body=body, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(ctx.request)
@@ -135,7 +140,7 @@ async def _stream_chunks(ctx: Ctx, response, spans) -> None:
     """Send chunks in order while the next ones are read and hashed on other threads
     (two cores verify two chunks at once). Every buffer held takes a slot of the
     node's chunk-memory budget, shared with uploads, until it has been sent."""
-    engine, io, slots = ctx.engine, ctx.node.in_io, ctx.node.ingest_slots
+    read, slots = ctx.node.read_chunk_bytes, ctx.node.ingest_slots
     queue: collections.deque = collections.deque()
     todo = iter(spans)
 
@@ -145,7 +150,7 @@ async def _stream_chunks(ctx: Ctx, response, spans) -> None:
             if span is None:
                 return
             await slots.acquire()
-            queue.append(asyncio.ensure_future(io(engine.read_chunk_bytes, *span)))
+            queue.append(asyncio.ensure_future(read(*span)))
 
     try:
         await fill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from . import __version__
@@ -27,6 +28,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--clean-slate", action="store_true", default=None,
                        help="wipe the data directory first (for tests)")
     serve.add_argument("--log-level", default="WARNING", help="Python logging level")
+
+    dev = sub.add_parser("dev-cluster", help="run a local group of node processes (try the cluster on a laptop)",
+                         description="Start N real node processes on this machine as one Raft group "
+                                     "(S3 on PORT, PORT+1, ...), print endpoints and credentials, and "
+                                     "stop them all on Ctrl-C. Restarting on the same directory keeps the data.")
+    dev.add_argument("--nodes", type=int, default=3, help="group size (default 3)")
+    dev.add_argument("--data-dir", default="./tidestore-cluster", help="where the nodes keep their data")
+    dev.add_argument("--port", type=int, default=9000,
+                     help="S3 port of the first node (Raft/data/control use PORT+100/+200/+300 + i)")
+    dev.add_argument("--host", default="127.0.0.1", help="address every node binds (default 127.0.0.1)")
+    dev.add_argument("--access-key", help="S3 access key (or TIDESTORE_ACCESS_KEY)")
+    dev.add_argument("--secret-key", help="S3 secret key (or TIDESTORE_SECRET_KEY)")
+    dev.add_argument("--log-level", default="WARNING", help="Python logging level of the nodes")
+
+    status = sub.add_parser("status", help="role, term, commit/applied LSN, lag and health of every node",
+                            description="Ask one node for the status of the whole group.")
+    status.add_argument("--endpoint", default="http://127.0.0.1:9000", help="S3 endpoint of any node")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -41,7 +60,7 @@ def run(coro):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING),
+    logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "WARNING").upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         from .malloc_tuning import limit_arenas
@@ -58,6 +77,23 @@ def main(argv=None) -> int:
             return 2
         run(serve(config))
         return 0
+    if args.command == "dev-cluster":
+        from . import dev_cluster
+
+        access = args.access_key or os.environ.get("TIDESTORE_ACCESS_KEY")
+        secret = args.secret_key or os.environ.get("TIDESTORE_SECRET_KEY")
+        if bool(access) != bool(secret):
+            print("tidestore: give both an access key and a secret key, or neither", file=sys.stderr)
+            return 2
+        if not 1 <= args.nodes <= 9 or not 1 <= args.port <= 65535 - 310:
+            print("tidestore: --nodes must be 1..9 and --port leave room for PORT+300+nodes", file=sys.stderr)
+            return 2
+        return dev_cluster.run(args.data_dir, args.nodes, args.port, args.host, access, secret,
+                               args.log_level)
+    if args.command == "status":
+        from . import status_cli
+
+        return status_cli.run(args.endpoint, args.json)
     return 2
 
 

@@ -19,6 +19,11 @@ log = logging.getLogger("tidestore")
 
 async def serve(config: NodeConfig, out=sys.stdout) -> None:
     node = Node(config)
+    try:
+        await node.start()
+    except OSError as exc:
+        await node.close()
+        raise SystemExit(f"tidestore: cannot start the group's listeners: {exc}") from None
     report = node.engine.recovery_report
     runner = web.AppRunner(make_app(node), access_log=None,
                            shutdown_timeout=config.drain_timeout_s, handle_signals=False)
@@ -40,6 +45,10 @@ async def serve(config: NodeConfig, out=sys.stdout) -> None:
     print(f"Access key: {node.access_key}", file=out)
     print(f"Secret key: {node.secret_key}", file=out)
     print(f"Data directory: {config.data_dir}", file=out)
+    if config.clustered:
+        print(f"Group member {config.node_id} (raft {config.raft_listen}, data {config.data_listen}, "
+              f"control {config.control_listen}); peers: "
+              + ", ".join(p["id"] for p in config.peers), file=out)
     print(f"Tidestore listening on http://{host}:{port}", file=out, flush=True)
 
     stop = asyncio.Event()

@@ -1,0 +1,277 @@
+"""pysyncobj's journal, made durable and kept on disk instead of in RAM.
+
+pysyncobj 0.3.17's FileJournal holds every entry in a Python list and never fsyncs,
+and writes term/vote without fsync (DESIGN.md, "Measured facts"). Raft's guarantee
+needs more: a follower may say it holds an entry only once the entry is on its disk,
+and a leader may count itself towards a quorum only for entries on its disk; a vote
+must be durable before it is granted.
+
+This journal appends records to one file and does not fsync on append. `sync()` does
+one fdatasync for everything appended since the last one; `DurableTransport` (in
+raft_node.py) calls it once per pysyncobj tick, before the poll in which acks are
+read, and holds back every message that claims durability (a follower's
+`next_node_idx` acknowledgement, a vote) until then. So a burst of entries costs one
+fsync per tick, not one per entry, and nothing is claimed before it is true. Term and vote are written with fsync + rename + directory fsync before
+pysyncobj returns from setCurrentTerm, i.e. before the vote message goes out.
+
+RAM holds only the file offset of each entry and a bounded cache of recent entries
+(what the leader sends and the apply loop reads); older entries are read back from
+the file when a lagging follower needs them.
+
+Record: crc32c u32 | length u32 | idx u64 | term u64 | command (length bytes).
+The crc covers length..command. A torn or corrupt tail is cut at open; entries behind
+it were never acknowledged (the fsync that would have covered them did not finish).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import struct
+from array import array
+
+import crc32c
+import msgpack
+from pysyncobj.journal import Journal
+
+log = logging.getLogger(__name__)
+
+RECORD = struct.Struct("<IIQQ")
+MAGIC = b"TIDESTORE-RAFT-JOURNAL-1\n"
+CACHE_ENTRIES = 4096
+
+
+class DurableJournal(Journal):
+    def __init__(self, directory: str):
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.path = os.path.join(directory, "journal.log")
+        self.meta_path = os.path.join(directory, "meta.msgpack")
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._offsets = array("Q")  # file offset of entry number i (0-based position)
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._dirty = False
+        self.fsyncs = 0
+        self.torn_tail_cut = 0
+        self._meta = self._load_meta()
+        self._meta_dirty = False
+        self._open_file()
+
+    # ---- opening --------------------------------------------------------------
+    def _open_file(self) -> None:
+        size = os.fstat(self._fd).st_size
+        if size < len(MAGIC):
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, MAGIC, 0)
+            os.fdatasync(self._fd)
+            self._end = len(MAGIC)
+            return
+        if os.pread(self._fd, len(MAGIC), 0) != MAGIC:
+            raise RuntimeError(f"{self.path} is not a Tidestore Raft journal")
+        pos = len(MAGIC)
+        with open(self.path, "rb", buffering=1 << 20) as f:
+            f.seek(pos)
+            while True:
+                head = f.read(RECORD.size)
+                if len(head) < RECORD.size:
+                    break
+                crc, length, _idx, _term = RECORD.unpack(head)
+                body = f.read(length)
+                if len(body) < length or crc32c.crc32c(body, crc32c.crc32c(head[4:])) != crc:
+                    break
+                self._offsets.append(pos)
+                pos += RECORD.size + length
+        if pos < size:
+            self.torn_tail_cut = size - pos
+            log.warning("raft journal: cut %d bytes of torn tail at offset %d", size - pos, pos)
+            os.ftruncate(self._fd, pos)
+            os.fdatasync(self._fd)
+        self._end = pos
+
+    def _load_meta(self) -> dict:
+        try:
+            with open(self.meta_path, "rb") as f:
+                return msgpack.unpackb(f.read(), raw=False)
+        except FileNotFoundError:
+            return {}
+
+    def _store_meta(self) -> None:
+        tmp = self.meta_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(msgpack.packb(self._meta, use_bin_type=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.meta_path)
+        dfd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self._meta_dirty = False
+
+    # ---- durability -------------------------------------------------------------
+    def sync(self) -> None:
+        """Make every appended entry durable (one fdatasync for all of them)."""
+        if self._dirty:
+            os.fdatasync(self._fd)
+            self._dirty = False
+            self.fsyncs += 1
+
+    @property
+    def bytes(self) -> int:
+        return self._end
+
+    # ---- pysyncobj's Journal interface --------------------------------------------
+    def add(self, command, idx, term):
+        command = bytes(command)
+        record = _encode(command, idx, term)
+        os.pwrite(self._fd, record, self._end)
+        self._offsets.append(self._end)
+        self._end += len(record)
+        self._dirty = True
+        self._remember(len(self._offsets) - 1, (command, idx, term))
+
+    def clear(self):
+        self._truncate(0)
+
+    def deleteEntriesFrom(self, entryFrom):
+        if entryFrom < len(self._offsets):
+            self._truncate(entryFrom)
+
+    def deleteEntriesTo(self, entryTo):
+        """Drop the first `entryTo` entries (log compaction): rewrite the rest into a
+        new file, made durable before it replaces the old one."""
+        keep = [self[i] for i in range(entryTo, len(self._offsets))]
+        tmp = self.path + ".compact"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, MAGIC)
+            offsets, pos = array("Q"), len(MAGIC)
+            for command, idx, term in keep:
+                record = _encode(command, idx, term)
+                os.write(fd, record)
+                offsets.append(pos)
+                pos += len(record)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.replace(tmp, self.path)
+        os.close(self._fd)
+        self._fd = fd
+        self._offsets, self._end = offsets, pos
+        self._cache.clear()
+        self._dirty = False
+
+    def __getitem__(self, item):
+        n = len(self._offsets)
+        if isinstance(item, slice):
+            return _View(self, *item.indices(n))
+        if item < 0:
+            item += n
+        if not 0 <= item < n:
+            raise IndexError(item)
+        hit = self._cache.get(item)
+        if hit is not None:
+            return hit
+        return self._read(item)
+
+    def __len__(self):
+        return len(self._offsets)
+
+    def _destroy(self):
+        self.close()
+
+    def setRaftCommitIndex(self, raftCommitIndex):
+        if self._meta.get("commit") != raftCommitIndex:
+            self._meta["commit"] = raftCommitIndex
+            self._meta_dirty = True
+
+    def getRaftCommitIndex(self):
+        commit = self._meta.get("commit", 1)
+        if self._offsets:
+            commit = min(commit, self[-1][1])
+        return commit
+
+    def setCurrentTerm(self, term, votedForNodeId):
+        self._meta["term"] = term
+        self._meta["voted_for"] = votedForNodeId
+        self._store_meta()
+
+    def getCurrentTerm(self):
+        return self._meta.get("term", 0)
+
+    def getVotedForNodeId(self):
+        return self._meta.get("voted_for")
+
+    def onOneSecondTimer(self):
+        if self._meta_dirty:
+            self._store_meta()
+
+    # ---- internals ------------------------------------------------------------------
+    def _remember(self, pos: int, entry: tuple) -> None:
+        cache = self._cache
+        cache[pos] = entry
+        if len(cache) > CACHE_ENTRIES:
+            cache.popitem(last=False)
+
+    def _read(self, pos: int) -> tuple:
+        off = self._offsets[pos]
+        head = os.pread(self._fd, RECORD.size, off)
+        _crc, length, idx, term = RECORD.unpack(head)
+        command = os.pread(self._fd, length, off + RECORD.size)
+        return (command, idx, term)
+
+    def _truncate(self, pos: int) -> None:
+        end = self._offsets[pos] if pos < len(self._offsets) else self._end
+        if pos == 0:
+            end = len(MAGIC)
+        os.ftruncate(self._fd, end)
+        del self._offsets[pos:]
+        self._end = end
+        for k in [k for k in self._cache if k >= pos]:
+            del self._cache[k]
+        self._dirty = True
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            if self._meta_dirty:
+                self._store_meta()
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _encode(command: bytes, idx: int, term: int) -> bytes:
+    rest = RECORD.pack(0, len(command), idx, term)[4:] + command
+    return struct.pack("<I", crc32c.crc32c(rest)) + rest
+
+
+class _View:
+    """A slice of the journal that reads entries only when they are looked at:
+    pysyncobj slices `log[diff:]` and then keeps only a batch's worth."""
+
+    def __init__(self, journal: DurableJournal, start: int, stop: int, step: int):
+        assert step == 1
+        self._j, self._start, self._stop = journal, start, max(start, stop)
+
+    def __len__(self):
+        return self._stop - self._start
+
+    def __iter__(self):
+        for i in range(self._start, self._stop):
+            yield self._j[i]
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            start, stop, step = item.indices(len(self))
+            return [self._j[self._start + i] for i in range(start, stop, step)]
+        if item < 0:
+            item += len(self)
+        if not 0 <= item < len(self):
+            raise IndexError(item)
+        return self._j[self._start + item]
+
+    def __bool__(self):
+        return len(self) > 0

@@ -1,0 +1,130 @@
+"""The pysyncobj member: consensus on small entries, applied into the engine.
+
+pysyncobj runs its own thread (ticks, sockets, elections). Every committed entry
+reaches `apply_entry` on that thread, in index order, on every member; the Raft index
+is the entry's LSN. Applying only *submits* the entry to the engine (a WAL append and
+a queued catalog change), so the Raft thread never waits for an fsync of the engine;
+the engine's publisher makes entries visible in the same order.
+
+Two things pysyncobj does not do are added here:
+- durability: `DurableJournal` on disk, and `DurableTransport`, which holds back every
+  message that claims durability until one fsync per tick covers it;
+- a Raft index for the applied entry: pysyncobj applies entries strictly one after the
+  other and bumps `raftLastApplied` after each, so inside `apply_entry` the entry's
+  index is `raftLastApplied + 1`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import pysyncobj.syncobj as _syncobj_module
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.dns_resolver import globalDnsResolver
+from pysyncobj.node import TCPNode
+from pysyncobj.transport import TCPTransport
+
+from .raft_journal import DurableJournal
+
+# messages that claim this node's journal holds entries durably
+_CLAIMS_DURABILITY = frozenset(("next_node_idx", "response_vote"))
+
+_construct_lock = threading.Lock()
+
+
+class DurableTransport(TCPTransport):
+    """Holds back acknowledgements until the journal is fsync'd.
+
+    pysyncobj handles incoming messages only inside its poll, and runs its tick
+    callbacks right before each poll. So: a follower's acks (`next_node_idx`) and
+    votes are queued, and `flush_durable()`, a tick callback, fsyncs the journal once
+    and sends them all: one fsync per batch of messages, not per entry. The same
+    fsync covers the leader's own appends before any ack can be processed (acks are
+    only read in the poll that follows), so a leader never counts itself towards a
+    quorum for an entry that is not on its disk.
+    """
+
+    def __init__(self, syncObj, selfNode, otherNodes):
+        super().__init__(syncObj, selfNode, otherNodes)
+        self._held: list = []
+
+    def send(self, node, message):
+        if message.get("type") in _CLAIMS_DURABILITY:
+            self._held.append((node, message))
+            return True
+        return super().send(node, message)
+
+    def flush_durable(self) -> None:
+        self._syncObj.tidestore_journal.sync()
+        held, self._held = self._held, []
+        for node, message in held:
+            super().send(node, message)
+
+
+class RoutedTCPNode(TCPNode):
+    """A peer known by its own address (its Raft identity, which it announces when it
+    connects) but reached through another one: a port forward, a NAT, or the test
+    suite's partition proxy."""
+
+    def __init__(self, address: str, connect: str):
+        super().__init__(address)
+        self._connect_host, port = connect.rsplit(":", 1)
+        self._connect_port = int(port)
+
+    @property
+    def ip(self):
+        return globalDnsResolver().resolve(self._connect_host)
+
+    @property
+    def port(self):
+        return self._connect_port
+
+
+@contextlib.contextmanager
+def _journal_factory(journal: DurableJournal):
+    """pysyncobj builds its journal inside SyncObj.__init__ from a module-level
+    factory; hand it ours for the duration of the constructor."""
+    with _construct_lock:
+        saved = _syncobj_module.createJournal
+        _syncobj_module.createJournal = lambda _file=None: journal
+        try:
+            yield
+        finally:
+            _syncobj_module.createJournal = saved
+
+
+class RaftMember(SyncObj):
+    def __init__(self, self_addr: str, partner_addrs: list, journal: DurableJournal,
+                 apply, *, password: str, election_timeout: tuple = (0.4, 1.2),
+                 leader_fallback_timeout: float = 2.0, on_state_changed=None):
+        """`apply(lsn, payload)` is called on the Raft thread for every committed
+        entry; what it returns is handed to the proposer's callback. A partner is
+        "host:port", or ("host:port", "connect-host:port") to reach it through a route."""
+        partner_addrs = [RoutedTCPNode(*p) if isinstance(p, tuple) else p for p in partner_addrs]
+        self.tidestore_journal = journal
+        self._tidestore_apply = apply
+        conf = SyncObjConf(
+            password=password,
+            appendEntriesUseBatch=False,  # send at once: ~2 ms commits, not 45-200 ms
+            commandsWaitLeader=False,  # no leader: fail fast (the caller retries briefly)
+            raftMinTimeout=election_timeout[0],
+            raftMaxTimeout=election_timeout[1],
+            leaderFallbackTimeout=leader_fallback_timeout,  # a cut-off leader steps down
+            connectionRetryTime=0.5,
+            connectionTimeout=2.0,
+            # no pysyncobj snapshots: the engine is the state; the log is truncated only
+            # up to what the cold tier holds (issue 5), never by a pysyncobj dump
+            logCompactionMinEntries=1 << 62,
+            logCompactionMinTime=1 << 62,
+            journalFile=None,
+            dynamicMembershipChange=False,
+            onStateChanged=on_state_changed,
+        )
+        with _journal_factory(journal):
+            super().__init__(self_addr, partner_addrs, conf, transportClass=DurableTransport)
+        self.addOnTickCallback(self._SyncObj__transport.flush_durable)
+
+    @replicated
+    def apply_entry(self, payload: bytes):
+        return self._tidestore_apply(self.raftLastApplied + 1, payload)
