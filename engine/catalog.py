@@ -96,7 +96,7 @@ class Catalog:
     def __init__(self, path: str, map_size: int = 64 << 30, sync: bool = False):
         os.makedirs(path, exist_ok=True)
         self.env = lmdb.open(path, map_size=map_size, max_dbs=len(_TABLES) + 1,
-                             sync=sync, metasync=sync, writemap=False, readahead=False)
+                             sync=sync, metasync=False, writemap=False, readahead=False)
         self.db = {name: self.env.open_db(name.encode()) for name in _TABLES}
         with self.write() as t:
             fmt = t.meta("format")

@@ -14,7 +14,11 @@ class EngineConfig:
     page_size: int = 64 << 10  # buffer pool page
     pool_bypass: int = 1 << 20  # chunks this large stream past the pool (sequential reads)
     fsync: bool = True  # False only for tests that simulate crashes themselves
-    catalog_sync: bool = False  # True: LMDB syncs every commit (power-loss safe catalog)
+    # LMDB fdatasyncs each commit (one per publisher batch) but not its meta page
+    # (MDB_NOMETASYNC): a power loss may undo the last catalog commit, which redo from
+    # the WAL restores, but cannot corrupt the catalog. False: no fsync until the next
+    # checkpoint (kill -9 safe, not power-loss safe). STORAGE_ENGINE_PLAN.md, "Power loss".
+    catalog_sync: bool = True
     lmdb_map_size: int = 64 << 30
     checkpoint_bytes: int = 64 << 20  # checkpoint after this much WAL...
     checkpoint_interval_s: float = 60.0  # ...or this long, whichever comes first

@@ -103,7 +103,7 @@ class Engine:
         os.makedirs(self.dir, exist_ok=True)
         self.wal = Wal(os.path.join(self.dir, "wal"), config.segment_size, config.fsync)
         self.catalog = Catalog(os.path.join(self.dir, "catalog"), config.lmdb_map_size,
-                               sync=config.catalog_sync)
+                               sync=config.catalog_sync and config.fsync)
         self.pool = BufferPool(self._read_segment, config.page_size, config.pool_budget)
         self.txns = TxnTable()
         self._lock = threading.RLock()  # orders WAL appends with their catalog tickets

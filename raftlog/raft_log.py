@@ -28,6 +28,7 @@ from pysyncobj import FAIL_REASON
 
 from engine import Engine
 from engine.entries import Entry, Noop, decode_entry, encode_entry
+from engine.publisher import Pending
 from engine.state_machine import ApplyResult
 
 from .interface import LogUnavailable
@@ -35,6 +36,9 @@ from .raft_journal import DurableJournal
 from .raft_node import RaftMember
 
 log = logging.getLogger(__name__)
+
+_DONE = Pending(0, 0, None)
+_DONE._finish(ApplyResult(skipped=True))
 
 _RETRYABLE = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED}
 _REASONS = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
@@ -57,6 +61,7 @@ class RaftLog:
         self.leader_wait_s = leader_wait_s
         self._by_raft = {m["raft"]: mid for mid, m in members.items()}
         self._visible = engine.applied_lsn  # highest LSN applied and published here
+        self._last_pending = None  # the engine's Pending of the last entry submitted
         self._waiters: list = []  # heap of (lsn, seq, loop, future)
         self._waiters_lock = threading.Lock()
         self._seq = 0
@@ -72,7 +77,20 @@ class RaftLog:
     # ---- the Raft thread ----------------------------------------------------------
     def _apply(self, lsn: int, payload: bytes):
         """Runs on pysyncobj's thread for each committed entry, in order."""
-        pending = self.engine.submit(lsn, decode_entry(payload))
+        entry = decode_entry(payload)
+        if isinstance(entry, Noop):
+            # a read barrier changes nothing: it never touches the engine (no WAL
+            # record, no fsync, no catalog commit on any member). It is visible here
+            # once everything before it is, i.e. when the last submitted entry is
+            # published (the publisher completes in log order).
+            pending = self._last_pending
+            if pending is None or pending.done:
+                self._published(lsn)
+            else:
+                pending.add_done_callback(lambda _p: self._published(lsn))
+            return lsn, _DONE
+        pending = self.engine.submit(lsn, entry)
+        self._last_pending = pending
         pending.add_done_callback(lambda _p: self._published(lsn))
         return lsn, pending
 
@@ -136,6 +154,7 @@ class RaftLog:
 
     async def _leader_barrier(self) -> int:
         lsn, _result = await self._propose(Noop())
+        await self.wait_applied(lsn)
         return lsn
 
     async def _ask_leader(self) -> int:

@@ -123,7 +123,29 @@ class RaftMember(SyncObj):
         )
         with _journal_factory(journal):
             super().__init__(self_addr, partner_addrs, conf, transportClass=DurableTransport)
-        self.addOnTickCallback(self._SyncObj__transport.flush_durable)
+        transport = self._SyncObj__transport
+        self.addOnTickCallback(transport.flush_durable)
+        self._deliver = transport._onMessageReceivedCallback
+        transport.setOnMessageReceivedCallback(self._on_message)
+
+    def _on_message(self, node, message):
+        """pysyncobj 0.3.17's leader sets a follower's next index back to `acked + 1`
+        on every successful ack, although it has already sent the entries after it:
+        with acks in flight (held until the follower's fsync) it then re-sends them,
+        and the follower deletes its log from there and re-appends the same entries,
+        including entries it had already acknowledged as durable (pysyncobj logs
+        "truncating already-applied log entries"). A successful ack only moves the
+        match index forward; the next index never goes back on success. (A real gap,
+        a lost connection, is answered by the follower with reset=True, which still
+        rewinds it.)"""
+        if message.get("type") == "next_node_idx" and message.get("success") and not message.get("reset"):
+            next_index = self._SyncObj__raftNextIndex
+            before = next_index.get(node)
+            self._deliver(node, message)
+            if before is not None and next_index.get(node, before) < before:
+                next_index[node] = before
+            return
+        self._deliver(node, message)
 
     @replicated
     def apply_entry(self, payload: bytes):

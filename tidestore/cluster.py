@@ -73,7 +73,8 @@ class Cluster:
         await self.data_server.start()
         self.data = DataClient(self.config.cluster_secret,
                                {mid: self.members[mid]["data"] for mid in self.peer_ids},
-                               node_id=self.node_id, loop=asyncio.get_running_loop())
+                               node_id=self.node_id, loop=asyncio.get_running_loop(),
+                               max_idle=64)  # one pooled connection per concurrent upload
         self._filler = asyncio.ensure_future(self._fill_missing_forever())
 
     # ---- writes ---------------------------------------------------------------

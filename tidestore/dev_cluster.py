@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 from . import credentials
 
@@ -84,7 +85,8 @@ def run(data_dir: str, nodes: int, port: int, host: str, access_key: str | None,
         proc = subprocess.Popen([sys.executable, "-m", "tidestore", "serve", "--config", cfg,
                                  "--log-level", log_level],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         event = threading.Event()
         threading.Thread(target=_pump, args=(me["id"], proc, event, out), daemon=True).start()
         procs.append(proc)
@@ -100,6 +102,8 @@ def run(data_dir: str, nodes: int, port: int, host: str, access_key: str | None,
             _stop_all(procs)
             return 1
         time.sleep(0.05)
+    if not stop.is_set() and not _wait_healthy(group, stop):
+        print("tidestore: the group has no leader after 30 s (see the nodes' output)", file=out, flush=True)
     if not stop.is_set():
         print(f"\nTidestore dev cluster: {nodes} nodes, data in {data_dir}", file=out)
         for me in group["nodes"]:
@@ -115,6 +119,32 @@ def run(data_dir: str, nodes: int, port: int, host: str, access_key: str | None,
     print("Stopping the group", file=out, flush=True)
     _stop_all(procs)
     return 0
+
+
+def _wait_healthy(group: dict, stop: threading.Event, timeout: float = 30.0) -> bool:
+    """Until every node can serve a fresh read (the group has elected a leader)."""
+    deadline = time.monotonic() + timeout
+    pending = [n["listen"] for n in group["nodes"]]
+    while pending and time.monotonic() < deadline and not stop.is_set():
+        try:
+            with urllib.request.urlopen(f"http://{pending[0]}/_tidestore/health", timeout=5):
+                pending.pop(0)
+                continue
+        except OSError:
+            stop.wait(0.1)
+    return not pending
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if dev-cluster itself dies (even by SIGKILL), so no
+    node outlives it. Nodes run in sessions of their own, so that a terminal's Ctrl-C
+    reaches only dev-cluster, which then stops them in order."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _pump(node_id: str, proc, ready: threading.Event, out) -> None:
