@@ -45,6 +45,7 @@ class Node:
         # a chunk write may be done on the event loop itself only when it never waits
         # (in a group it hands the chunk to the peers, with backpressure)
         self.inline_writes = self.cluster is None
+        self.advertised = config.listen  # the S3 address, once bound (port 0 resolved)
         # chunk buffers of uploads in progress, across all connections
         self.ingest_slots = asyncio.Semaphore(max(2, config.ingest_budget // config.chunk_size))
 
@@ -112,7 +113,7 @@ class Node:
         if self.cluster is not None:
             return await self.cluster.group_status()
         st = self.log.status()
-        st.update(node_id="single", s3=self.config.listen, healthy=True, lag=0,
+        st.update(node_id="single", s3=self.advertised, healthy=True, lag=0,
                   missing_chunks=0, leader="single")
         return [st]
 

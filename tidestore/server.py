@@ -36,6 +36,7 @@ async def serve(config: NodeConfig, out=sys.stdout) -> None:
         await node.close()
         raise SystemExit(f"tidestore: cannot listen on {config.listen}: {exc.strerror}") from None
     host, port = runner.addresses[0][:2]
+    node.advertised = f"{host}:{port}"
     if report.records_redone or report.txns_undone or report.tail_cut:
         print(f"Recovered: {report.records_redone} entries redone, {report.txns_undone} unfinished "
               f"uploads rolled back, {len(report.tail_cut)} torn tail(s) cut, in {report.duration_s:.3f}s",

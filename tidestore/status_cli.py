@@ -25,8 +25,8 @@ def table(members: list) -> str:
         row["health"] = "ok" if m.get("healthy") else "DOWN: " + str(m.get("error", "unhealthy"))[:60]
         rows.append([str(row.get(key, "-") if row.get(key) is not None else "-") for _h, key in COLUMNS])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _k) in enumerate(COLUMNS)]
-    lines = ["  ".join(h.ljust(w) for (h, _k), w in zip(COLUMNS, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(h.ljust(w) for (h, _k), w in zip(COLUMNS, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
 
 
