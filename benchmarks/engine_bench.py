@@ -199,8 +199,11 @@ class _Done:
         return self.result
 
 
+ENGINE_OVERRIDES: dict = {}  # from the command line (--catalog-sync)
+
+
 def open_engine(path: str, **kw) -> tuple[Engine, Committer]:
-    eng = Engine(path, **kw)
+    eng = Engine(path, **{**ENGINE_OVERRIDES, **kw})
     committer = Committer(eng)
     if eng.bucket(BUCKET) is None:
         committer.commit(E.CreateBucket(BUCKET, int(time.time() * 1000)))
@@ -757,6 +760,8 @@ def main(argv=None) -> int:
                     help="share of the recovery WAL made of small commits (default 0.2)")
     ap.add_argument("--mem-mib", help="object sizes for the memory test, comma separated "
                     "(default 16,256,1024)")
+    ap.add_argument("--catalog-sync", choices=("on", "off"),
+                    help="override the engine's catalog_sync (default on: power-loss safe catalog)")
     ap.add_argument("--only", help="run only some sections: comma list of chunks,small,recovery,memory")
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -764,6 +769,8 @@ def main(argv=None) -> int:
     ap.add_argument("--_mem-dir", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     chunk = a.chunk_mib * MiB
+    if a.catalog_sync:
+        ENGINE_OVERRIDES["catalog_sync"] = a.catalog_sync == "on"
 
     if a._mem_child is not None:
         print(json.dumps(mem_child(a._mem_dir, a._mem_child, chunk)))
