@@ -128,6 +128,28 @@ class RaftMember(SyncObj):
         self._deliver = transport._onMessageReceivedCallback
         transport.setOnMessageReceivedCallback(self._on_message)
 
+    def _applyCommand(self, command, callback, commandType=None):
+        """Queue a proposal and always wake the Raft thread (pysyncobj skips the
+        wake-up while `_checkCommandsToApply` below has batching switched on)."""
+        super()._applyCommand(command, callback, commandType)
+        notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+        if notifier is not None:
+            notifier.notify()
+
+    def _checkCommandsToApply(self):
+        """Append every queued proposal, then send them to the followers in one
+        message each: pysyncobj (appendEntriesUseBatch=False) sends after every single
+        command, one pickled, encrypted message per entry per follower."""
+        conf = self._SyncObj__conf
+        before = self._SyncObj__raftLog[-1][1]
+        conf.appendEntriesUseBatch = True
+        try:
+            super()._checkCommandsToApply()
+        finally:
+            conf.appendEntriesUseBatch = False
+        if self._isLeader() and self._SyncObj__raftLog[-1][1] != before:
+            self._SyncObj__sendAppendEntries()
+
     def _on_message(self, node, message):
         """pysyncobj 0.3.17's leader sets a follower's next index back to `acked + 1`
         on every successful ack, although it has already sent the entries after it:
