@@ -9,6 +9,7 @@ the engine's publisher makes entries visible in the same order.
 Two things pysyncobj does not do are added here:
 - durability: `DurableJournal` on disk, and `DurableTransport`, which holds back every
   message that claims durability until one fsync per tick covers it;
+- a cheaper link cipher: `RaftCipher` (AES-GCM) where pysyncobj would use Fernet;
 - a Raft index for the applied entry: pysyncobj applies entries strictly one after the
   other and bumps `raftLastApplied` after each, so inside `apply_entry` the entry's
   index is `raftLastApplied + 1`.
@@ -25,6 +26,7 @@ from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
+from .raft_cipher import RaftCipher
 from .raft_journal import DurableJournal
 
 # messages that claim this node's journal holds entries durably
@@ -82,16 +84,17 @@ class RoutedTCPNode(TCPNode):
 
 
 @contextlib.contextmanager
-def _journal_factory(journal: DurableJournal):
-    """pysyncobj builds its journal inside SyncObj.__init__ from a module-level
-    factory; hand it ours for the duration of the constructor."""
+def _our_parts(journal: DurableJournal):
+    """pysyncobj builds its journal and its link cipher inside SyncObj.__init__ from
+    module-level factories; hand it ours for the duration of the constructor."""
     with _construct_lock:
-        saved = _syncobj_module.createJournal
+        saved = _syncobj_module.createJournal, _syncobj_module.getEncryptor
         _syncobj_module.createJournal = lambda _file=None: journal
+        _syncobj_module.getEncryptor = RaftCipher
         try:
             yield
         finally:
-            _syncobj_module.createJournal = saved
+            _syncobj_module.createJournal, _syncobj_module.getEncryptor = saved
 
 
 class RaftMember(SyncObj):
@@ -121,7 +124,7 @@ class RaftMember(SyncObj):
             dynamicMembershipChange=False,
             onStateChanged=on_state_changed,
         )
-        with _journal_factory(journal):
+        with _our_parts(journal):
             super().__init__(self_addr, partner_addrs, conf, transportClass=DurableTransport)
         transport = self._SyncObj__transport
         self.addOnTickCallback(transport.flush_durable)
