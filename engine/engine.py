@@ -14,8 +14,10 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from . import entries as E
+from .applied_scan import AppliedEntry, scan_applied as _scan_applied
 from .buffer_pool import BufferPool
 from .catalog import MISSING, Catalog, CatalogTxn, max_key_bytes
 from .checkpoint import CheckpointData, write_master
@@ -295,6 +297,11 @@ class Engine:
     def _fill_to_catalog(self, t: CatalogTxn, record: FillRecord) -> bool:
         return StateMachine(t, self.wal.segment_of, None).fill(
             record.chunk_id, record.chunk_lsn, record.size)
+
+    def scan_applied(self, lsn_lo: int, lsn_hi: int) -> Iterator[AppliedEntry]:
+        """Entries applied here with log LSN in [lsn_lo, lsn_hi], with the chunks each
+        introduced, streamed from the WAL's APPLY records (engine/applied_scan.py)."""
+        return _scan_applied(self, lsn_lo, lsn_hi)
 
     def missing_chunks(self, limit: int = 1000) -> list[bytes]:
         """Ids of chunks that committed entries reference but this node lacks (at most

@@ -614,10 +614,14 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 from botocore.utils import percent_encode_sequence  # noqa: E402
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+# a query parameter named X-Amz-Algorithm next to an Authorization header is a second
+# auth mechanism, refused by design (test_anonymous_and_double_auth); hypothesis mines
+# that name from the module under test, so keep it out of "any query"
+_param_name = _text.filter(lambda n: n.lower() != "x-amz-algorithm")
 
 
 @settings(max_examples=150, deadline=None)
-@given(key=_text, params=st.dictionaries(_text, st.text(st.characters(blacklist_categories=("Cs",)), max_size=20), max_size=4))
+@given(key=_text, params=st.dictionaries(_param_name, st.text(st.characters(blacklist_categories=("Cs",)), max_size=20), max_size=4))
 def test_property_any_key_and_query_verifies(key, params):
     path = "/bucket/" + quote(key.encode("utf-8"), safe="/~")
     query = percent_encode_sequence(params) if params else ""
