@@ -31,8 +31,17 @@ class Node:
         os.makedirs(config.data_dir, exist_ok=True)
         self.access_key, self.secret_key, self.generated_credentials = credentials.load_or_create(
             config.data_dir, config.access_key, config.secret_key)
+        engine_settings = dict(config.engine)
+        if config.clustered:
+            # A member may hold durable chunks of a transaction whose entry is
+            # committed but not yet applied here when it crashes: the journal replays
+            # the entry after recovery. Undoing such a transaction at recovery would
+            # drop a quorum copy of acknowledged data, so recovery keeps transactions
+            # as young as the run-time loser timeout open, and the reaper decides.
+            engine_settings.setdefault("undo_grace_s", engine_settings.get(
+                "txn_timeout_s", EngineConfig.txn_timeout_s))
         self.engine = Engine(EngineConfig(data_dir=os.path.join(config.data_dir, "engine"),
-                                          **config.engine))
+                                          **engine_settings))
         self.io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="node-io")
         if config.clustered:
             from .cluster import Cluster
