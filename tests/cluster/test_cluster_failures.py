@@ -10,13 +10,15 @@ import threading
 import time
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError
 
 from group import Group, catalog
 
 MIB = 1 << 20
-TRANSIENT = (ClientError, EndpointConnectionError, ReadTimeoutError, HTTPError, ConnectionError, OSError)
+# what a writer may meet while a node dies or is cut off: an S3 error (503), or the
+# connection refused, reset or timing out (botocore wraps those in BotoCoreError)
+TRANSIENT = (ClientError, BotoCoreError, HTTPError, ConnectionError, OSError)
 
 
 @pytest.fixture
@@ -80,6 +82,13 @@ class Writers:
             t.start()
         return self
 
+    def wait_acked(self, n: int, timeout: float = 60.0) -> None:
+        """Until at least n writes were acknowledged (the load is really running)."""
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < n:
+            assert time.monotonic() < deadline, f"only {len(self.acked)} of {n} writes acknowledged"
+            time.sleep(0.05)
+
     def __exit__(self, *exc):
         self.stop.set()
         for t in self.threads:
@@ -109,10 +118,10 @@ def test_kill_9_of_the_leader_under_concurrent_writes_loses_no_acknowledged_writ
     leader = group.wait_leader()
     leader.client().create_bucket(Bucket="kill")
     with Writers(group.members, "kill") as w:
-        time.sleep(3)
+        w.wait_acked(50)
         before = len(w.acked)
         leader.kill()
-        time.sleep(4)  # writes go on through the survivors (after a new election)
+        w.wait_acked(before + 40)  # writes go on through the survivors (after a new election)
     survivors = [m for m in group.members if m is not leader]
     group.wait_leader(among=survivors)
     print(f"\n[kill-9] acknowledged {before} before the kill, {len(w.acked)} in all; "
@@ -213,7 +222,7 @@ def test_all_three_killed_at_once_come_back_with_every_acknowledged_write(group)
     leader = group.wait_leader()
     leader.client().create_bucket(Bucket="blackout")
     with Writers(group.members, "blackout", threads_per_node=1) as w:
-        time.sleep(3)
+        w.wait_acked(30)
         for m in group.members:
             m.kill()
     assert len(w.acked) > 0
