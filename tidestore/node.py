@@ -23,6 +23,9 @@ from .config import NodeConfig
 
 
 
+KEEP_ALL_AT_RECOVERY = 100 * 365 * 86400.0  # seconds: an undo grace no transaction outlives
+
+
 class Node:
     def __init__(self, config: NodeConfig):
         self.config = config
@@ -36,10 +39,11 @@ class Node:
             # A member may hold durable chunks of a transaction whose entry is
             # committed but not yet applied here when it crashes: the journal replays
             # the entry after recovery. Undoing such a transaction at recovery would
-            # drop a quorum copy of acknowledged data, so recovery keeps transactions
-            # as young as the run-time loser timeout open, and the reaper decides.
-            engine_settings.setdefault("undo_grace_s", engine_settings.get(
-                "txn_timeout_s", EngineConfig.txn_timeout_s))
+            # drop a quorum copy of acknowledged data, so recovery undoes none; the
+            # run-time reaper rolls back those no entry takes, `txn_timeout_s` after
+            # the restart (its idle clock starts at recovery), however long the node
+            # was down.
+            engine_settings.setdefault("undo_grace_s", KEEP_ALL_AT_RECOVERY)
         self.engine = Engine(EngineConfig(data_dir=os.path.join(config.data_dir, "engine"),
                                           **engine_settings))
         self.io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="node-io")
