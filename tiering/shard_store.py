@@ -158,7 +158,18 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class FileShardStore:
+class _StoreBase:
+    """What every store derives from its own `size`."""
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.size(name)
+            return True
+        except ShardNotFound:
+            return False
+
+
+class FileShardStore(_StoreBase):
     """Shards as files under one directory (typically one per drive).
 
     A shard is written to a hidden temporary file next to its final name, fsynced,
@@ -247,13 +258,6 @@ class FileShardStore:
             return st.st_size
         except OSError as e:
             raise self._error("size", name, e, missing_means_not_found=True) from e
-
-    def exists(self, name: str) -> bool:
-        try:
-            self.size(name)
-            return True
-        except ShardNotFound:
-            return False
 
     def delete(self, name: str) -> None:
         """Leaves the emptied directories: removing them would race with puts."""
@@ -360,7 +364,7 @@ def _md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
-class S3ShardStore:
+class S3ShardStore(_StoreBase):
     """Shards as objects `prefix/name` in one bucket of any S3-compatible endpoint.
 
     A PutObject or CompleteMultipartUpload is atomic (the object appears only whole), so
@@ -521,13 +525,6 @@ class S3ShardStore:
 
     def size(self, name: str) -> int:
         return self._call("size", name, "head_object", Key=self._key(name))["ContentLength"]
-
-    def exists(self, name: str) -> bool:
-        try:
-            self.size(name)
-            return True
-        except ShardNotFound:
-            return False
 
     def delete(self, name: str) -> None:
         self._call("delete", name, "delete_object", Key=self._key(name))

@@ -202,7 +202,8 @@ def test_a_node_without_the_cluster_secret_cannot_join_or_read(group, tmp_path):
     group.cluster_secret = "not-the-cluster-secret"  # the intruder's config only
     intruder.data_dir = str(tmp_path / "intruder")
     intruder.start()
-    time.sleep(3)
+    # it is up, and its health check (a read barrier with the group) fails: 503
+    assert not group.healthy(intruder)
     st = intruder.own_status()
     assert st["applied_lsn"] == 0 and st["role"] != "leader"
     with pytest.raises(ClientError) as err:
