@@ -10,9 +10,12 @@ Scanning streams: one record at a time, headers only for records other than APPL
 (chunk payloads are skipped, not read). It reads up to the WAL end as of the call
 (made durable first), so a record being appended concurrently is never seen half
 written, and it pins the segments it will read so that reclamation cannot remove one
-mid-scan. Segments reclaimed *before* the call leave holes: the raft LSNs whose APPLY
-records may have been in a hole cannot be vouched for, and asking for any of them
-raises `AppliedRangeUnavailable` naming the first such LSN.
+mid-scan. Segments reclaimed or evicted *before* the call leave holes: the raft LSNs
+whose APPLY records may have been in a hole cannot be vouched for, and asking for any
+of them raises `AppliedRangeUnavailable` naming the first such LSN. The catalog's
+`wal_gone_raft` (the highest max_raft of any deleted segment, made durable before the
+deletion) bounds that: a log LSN above it was never in a hole, so a gap in log LSNs
+there (Raft no-ops never reach the engine) is not mistaken for one.
 
 Noop entries: the Raft layer never hands them to the engine (raftlog/raft_log.py), but
 `Engine.apply` accepts and logs one if given; whatever was logged is yielded.
@@ -96,15 +99,28 @@ def _scan(engine: "Engine", lo: int, hi: int, end: int) -> Iterator[AppliedEntry
         # pinned: a segment still listed now stays until we unpin it
         present = set(wal.segments)
         segs = [s for s in segs if s in present]
+        published = engine._catalog_wal_lsn  # before the catalog read: rows cover it
+        with engine.catalog.read() as t:  # read after `present`: covers every hole in it
+            gone = t.meta("wal_gone_raft", 0)
+            max_raft = {seg: row[2] for seg, row in t.segments()}
         prev = 0  # raft LSN of the last APPLY record seen
         # the log begins at WAL LSN 0; a first segment after 0 means a reclaimed prefix
         hole = (segs[0] if segs else end) != 0
         hole_at = 0
         expected = 0
-        for start in segs:
+        for i, start in enumerate(segs):
             if start != expected:
                 hole, hole_at = True, expected
             size = min(end, start + os.path.getsize(wal._path(start))) - start
+            below = max_raft.get(start)
+            nxt = segs[i + 1] if i + 1 < len(segs) else end
+            if below is not None and below < lo and nxt <= published:
+                # every APPLY record here is below the range and published (so its
+                # max_raft counts it): skip the segment unread. The shipper asks for
+                # the range just above the HWM; this keeps its scan off the old WAL.
+                prev = max(prev, below)
+                expected = start + size
+                continue
             pos = start
             with open(wal._path(start), "rb", buffering=1 << 20) as f:
                 while pos - start < size:
@@ -126,7 +142,7 @@ def _scan(engine: "Engine", lo: int, hi: int, end: int) -> Iterator[AppliedEntry
                         raise WalCorruption(segment_name(start), pos,
                                             f"APPLY for log LSN {r} after log LSN {prev}")
                     if hole:
-                        _check_hole(lo, hi, prev, r, hole_at, start)
+                        _check_hole(lo, hi, prev, r, hole_at, start, gone)
                         hole = False
                     if r > hi:
                         return
@@ -137,17 +153,18 @@ def _scan(engine: "Engine", lo: int, hi: int, end: int) -> Iterator[AppliedEntry
                     pos += h.size
             expected = start + size
         if hole:
-            _check_hole(lo, hi, prev, None, hole_at, None)
+            _check_hole(lo, hi, prev, None, hole_at, None, gone)
     finally:
         engine._unpin_segments(segs)
 
 
 def _check_hole(lo: int, hi: int, prev: int, nxt: int | None, hole_at: int,
-                resumes_at: int | None) -> None:
-    """APPLY records for log LSNs strictly between prev and nxt may have been in the
-    reclaimed WAL span starting at hole_at: refuse if the range asks for any of them."""
+                resumes_at: int | None, gone: int) -> None:
+    """APPLY records for log LSNs strictly between prev and nxt, and at most `gone`,
+    may have been in the deleted WAL span starting at hole_at: refuse if the range
+    asks for any of them."""
     first_unknown = max(lo, prev + 1)
-    last_unknown = hi if nxt is None else min(hi, nxt - 1)
+    last_unknown = min(hi if nxt is None else min(hi, nxt - 1), gone)
     if first_unknown <= last_unknown:
         where = f"WAL from LSN {hole_at}" + (
             f" to {resumes_at}" if resumes_at is not None else " on") + " was reclaimed"

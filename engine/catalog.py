@@ -13,10 +13,18 @@ Keys (all byte strings, so LMDB's order is S3's UTF-8 byte order):
     uploads   bucket "/" key "\\0" upload_id          -> {initiated_ms, meta}
     upload_ix upload_id                               -> bucket "/" key
     parts     upload_id "\\0" part_number (u32 BE)    -> part record
-    chunks    chunk id (32-byte SHA-256)              -> [lsn or -1 if missing, record bytes, refs]
+    chunks    chunk id (32-byte SHA-256)              -> [wal lsn | -1 MISSING | -2 COLD, record bytes,
+                                                          refs, intro_lsn]
     missing   chunk id                                -> b"" (exactly the chunks rows that are MISSING)
-    segments  segment start LSN (u64 BE)              -> [live bytes, dead bytes]
+    cold      chunk id                                -> b"" (exactly the chunks rows that are COLD)
+    segments  segment start LSN (u64 BE)              -> [live bytes, dead bytes, max_raft]
+    cold_segments last log LSN (u64 BE)               -> {first, last, locations}
     meta      name                                    -> value
+
+intro_lsn is the log LSN of the entry that created a chunk row (0: created before
+format 3), the same on every replica; the cold segment holding that entry holds the
+chunk. max_raft is the highest log LSN that still needs a WAL segment: of its APPLY
+records, of entries that introduced a chunk located there, of a filled row's intro.
 """
 
 from __future__ import annotations
@@ -30,8 +38,11 @@ from contextlib import contextmanager
 import lmdb
 import msgpack
 
-FORMAT_VERSION = 2  # 2: the `missing` table (a format-1 catalog is upgraded on open)
-MISSING = -1
+# 2: the `missing` table; 3: intro_lsn in chunk rows, max_raft in segment rows, the
+# `cold` and `cold_segments` tables. Older catalogs are upgraded on open.
+FORMAT_VERSION = 3
+MISSING = -1  # chunk row location: referenced, not held here, to be fetched from a peer
+COLD = -2  # chunk row location: referenced, held only in cold storage
 LMDB_MAX_KEY = 511  # LMDB's compiled-in key limit (lmdb.Environment.max_key_size())
 UPLOAD_ID_MAX = 40
 MAX_OBJECT_KEY = 1024  # S3's limit
@@ -49,8 +60,8 @@ def max_key_bytes(bucket: str) -> int:
     """The longest object key (UTF-8 bytes) the catalog holds: S3's 1024."""
     return MAX_OBJECT_KEY
 
-_TABLES = ("buckets", "objects", "uploads", "upload_ix", "parts", "chunks", "missing", "segments",
-           "meta")
+_TABLES = ("buckets", "objects", "uploads", "upload_ix", "parts", "chunks", "missing", "cold",
+           "segments", "cold_segments", "meta")
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 
@@ -93,7 +104,11 @@ def part_key(upload_id: str, number: int) -> bytes:
 
 
 class Catalog:
-    def __init__(self, path: str, map_size: int = 64 << 30, sync: bool = False):
+    def __init__(self, path: str, map_size: int = 64 << 30, sync: bool = False,
+                 wal_segments=()):
+        """`wal_segments`: the WAL segments on disk now, given rows when an older
+        catalog is upgraded (a format-2 catalog has no row for a segment without
+        chunk records, yet its APPLY records may still be needed by the shipper)."""
         os.makedirs(path, exist_ok=True)
         self.env = lmdb.open(path, map_size=map_size, max_dbs=len(_TABLES) + 1,
                              sync=sync, metasync=False, writemap=False, readahead=False)
@@ -102,10 +117,8 @@ class Catalog:
             fmt = t.meta("format")
             if fmt is None:
                 t.set_meta("format", FORMAT_VERSION)
-            elif fmt == 1:  # before the `missing` table: build it from the chunk rows, once
-                for cid, row in list(t.chunks()):
-                    if row[0] == MISSING:
-                        t.add_missing(cid)
+            elif fmt in (1, 2):
+                _upgrade(t, fmt, wal_segments)
                 t.set_meta("format", FORMAT_VERSION)
             elif fmt != FORMAT_VERSION:
                 raise RuntimeError(f"catalog format {fmt} is not {FORMAT_VERSION}")
@@ -129,6 +142,29 @@ class Catalog:
         self.env.close()
 
 
+def _upgrade(t: "CatalogTxn", fmt: int, wal_segments) -> None:
+    """Format 1 or 2 to 3, in the caller's write transaction (all or nothing).
+    1: build `missing` from the chunk rows. 2: chunk rows get intro_lsn 0 ("from before
+    cold tracking": never in cold storage, never evicted); segment rows, and rows for
+    WAL segments that had none, get max_raft = applied_lsn (conservative: kept for the
+    shipper until the cold HWM passes everything applied before the upgrade); the
+    highest log LSN that may have been in a deleted segment is applied_lsn too."""
+    rows = list(t.chunks())
+    if fmt == 1:
+        for cid, row in rows:
+            if row[0] == MISSING:
+                t.add_missing(cid)
+    for cid, row in rows:
+        t._put("chunks", cid, [row[0], row[1], row[2], 0])
+    applied = t.meta("applied_lsn", 0)
+    segs = dict(t.segments())
+    for start in wal_segments:
+        segs.setdefault(start, [0, 0])
+    for start, row in segs.items():
+        t._put("segments", _U64.pack(start), [row[0], row[1], applied])
+    t.set_meta("wal_gone_raft", applied)
+
+
 class CatalogTxn:
     """Typed access to the tables inside one LMDB transaction.
 
@@ -148,9 +184,10 @@ class CatalogTxn:
         self._buckets: dict = {}
 
     def flush(self) -> None:
-        for start, (live, dead) in self._seg_delta.items():
-            cur = self._get("segments", _U64.pack(start)) or [0, 0]
-            self._put("segments", _U64.pack(start), [cur[0] + live, cur[1] + dead])
+        for start, (live, dead, max_raft) in self._seg_delta.items():
+            cur = self._get("segments", _U64.pack(start)) or [0, 0, 0]
+            self._put("segments", _U64.pack(start),
+                      [cur[0] + live, cur[1] + dead, max(cur[2], max_raft)])
         self._seg_delta.clear()
         for name, value in self._meta_later.items():
             self._put("meta", name.encode(), value)
@@ -292,8 +329,9 @@ class CatalogTxn:
     def chunk(self, chunk_id: bytes):
         return self._get("chunks", chunk_id)
 
-    def put_chunk(self, chunk_id: bytes, lsn: int, rec_size: int, refs: int) -> None:
-        self._put("chunks", chunk_id, [lsn, rec_size, refs])
+    def put_chunk(self, chunk_id: bytes, lsn: int, rec_size: int, refs: int,
+                  intro_lsn: int) -> None:
+        self._put("chunks", chunk_id, [lsn, rec_size, refs, intro_lsn])
 
     def delete_chunk(self, chunk_id: bytes) -> None:
         self._delete("chunks", chunk_id)
@@ -320,19 +358,63 @@ class CatalogTxn:
                 break
         return out
 
+    # cold chunks: kept in step with the COLD chunk rows (so they are counted cheaply)
+    def add_cold(self, chunk_id: bytes) -> None:
+        self.txn.put(chunk_id, b"", db=self.cat.db["cold"])
+
+    def remove_cold(self, chunk_id: bytes) -> None:
+        self.txn.delete(chunk_id, db=self.cat.db["cold"])
+
+    # cold segments: the log LSN ranges shipped to cold storage, keyed by last LSN
+    def put_cold_segment(self, first: int, last: int, locations: dict) -> None:
+        self._put("cold_segments", _U64.pack(last),
+                  {"first": first, "last": last, "locations": locations})
+
+    def cold_segment_for(self, lsn: int) -> dict | None:
+        """The cold segment whose [first, last] holds lsn: the first row keyed at or
+        after lsn (one cursor seek), if its range starts at or before lsn."""
+        if lsn < 0:
+            return None
+        cur = self.cursor("cold_segments")
+        if not cur.set_range(_U64.pack(lsn)):
+            return None
+        row = unpack(cur.value())
+        return row if row["first"] <= lsn else None
+
+    def cold_segments(self, after_last: int = 0, limit: int = 1000) -> list:
+        """Up to `limit` cold segments with last LSN above after_last, in LSN order."""
+        out = []
+        if limit <= 0:
+            return out
+        cur = self.cursor("cold_segments")
+        if not cur.set_range(_U64.pack(after_last + 1)):
+            return out
+        for _k, v in cur:
+            out.append(unpack(v))
+            if len(out) >= limit:
+                break
+        return out
+
     def count(self, table: str) -> int:
         """Entries in a table (LMDB keeps the count: no scan)."""
         return self.txn.stat(self.cat.db[table])["entries"]
 
     # segment accounting
     def segment(self, start: int) -> list:
-        cur = self._get("segments", _U64.pack(start)) or [0, 0]
-        live, dead = self._seg_delta.get(start, (0, 0))
-        return [cur[0] + live, cur[1] + dead]
+        """[live, dead, max_raft] of a segment, including this transaction's changes."""
+        cur = self._get("segments", _U64.pack(start)) or [0, 0, 0]
+        live, dead, max_raft = self._seg_delta.get(start, (0, 0, 0))
+        return [cur[0] + live, cur[1] + dead, max(cur[2], max_raft)]
 
     def add_segment_bytes(self, start: int, live: int = 0, dead: int = 0) -> None:
-        cur = self._seg_delta.get(start, (0, 0))
-        self._seg_delta[start] = (cur[0] + live, cur[1] + dead)
+        cur = self._seg_delta.get(start, (0, 0, 0))
+        self._seg_delta[start] = (cur[0] + live, cur[1] + dead, cur[2])
+
+    def note_segment_raft(self, start: int, raft_lsn: int) -> None:
+        """The entry at log LSN raft_lsn needs this segment (max_raft never decreases)."""
+        cur = self._seg_delta.get(start, (0, 0, 0))
+        if raft_lsn > cur[2]:
+            self._seg_delta[start] = (cur[0], cur[1], raft_lsn)
 
     def delete_segment(self, start: int) -> None:
         self._seg_delta.pop(start, None)

@@ -25,3 +25,6 @@ class EngineConfig:
     txn_timeout_s: float = 900.0  # an idle transaction is a loser after this
     undo_grace_s: float = 0.0  # recovery keeps transactions younger than this open
     maintenance_interval_s: float = 1.0  # background checkpoint/reap cadence; 0: none
+    # Cold tier: reclaim also keeps every WAL segment the shipper still needs (its
+    # max_raft is above the cold HWM). False: no cold tier, reclaim as before.
+    ship_retention: bool = False

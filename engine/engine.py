@@ -3,7 +3,9 @@
 Writers stream chunks into a transaction (`begin`, `write_chunk`), make them durable
 (`wait_durable`), and a committed entry naming the transaction makes them part of an
 object (`apply`). Readers look objects up and stream them back (`open_object`).
-Everything here is local: no network, no Raft, no cold storage.
+Everything here is local: no network, no Raft, no cold storage. The catalog knows
+about the cold tier (what is shipped, which chunks are COLD) so that the WAL keeps
+what the shipper needs and hot segments already in cold storage can be evicted.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Iterator
 from . import entries as E
 from .applied_scan import AppliedEntry, scan_applied as _scan_applied
 from .buffer_pool import BufferPool
-from .catalog import MISSING, Catalog, CatalogTxn, max_key_bytes
+from .catalog import COLD, MISSING, Catalog, CatalogTxn, max_key_bytes
 from .checkpoint import CheckpointData, write_master
+from .cold_catalog import ChunkInfo, chunk_info as _chunk_info
 from .config import EngineConfig
 from .errors import ChunkCorrupt, ChunkMissing, EngineClosed, UnknownTransaction
+from .eviction import EvictReport, evict as _evict
 from .listing import ListPage, UploadPage, list_objects, list_uploads
 from .log_records import (
     CHUNK_DATA_OFFSET,
@@ -88,6 +92,7 @@ class SegmentUsage:
     dead: int
     pending: int
     active: bool
+    max_raft: int = 0  # highest log LSN that needs this segment (the shipper's view)
     other: int = field(init=False)  # log records (entries, checkpoints, framing)
 
     def __post_init__(self):
@@ -105,11 +110,12 @@ class Engine:
         os.makedirs(self.dir, exist_ok=True)
         self.wal = Wal(os.path.join(self.dir, "wal"), config.segment_size, config.fsync)
         self.catalog = Catalog(os.path.join(self.dir, "catalog"), config.lmdb_map_size,
-                               sync=config.catalog_sync and config.fsync)
+                               sync=config.catalog_sync and config.fsync,
+                               wal_segments=self.wal.segments)
         self.pool = BufferPool(self._read_segment, config.page_size, config.pool_budget)
         self.txns = TxnTable()
         self._lock = threading.RLock()  # orders WAL appends with their catalog tickets
-        self._ckpt_lock = threading.Lock()
+        self._ckpt_lock = threading.RLock()  # one deleter of WAL segments at a time
         self._pins: Counter = Counter()  # segments a reader is streaming from
         # chunks of changes submitted but not yet published: reclaim must keep them
         # ((record lsn, lowest chunk lsn) in log order; published in order, so trimmed
@@ -119,6 +125,9 @@ class Engine:
         self._filling: dict[bytes, Pending] = {}  # chunk id -> its fill in flight
         self._applied_lsn = 0
         self._catalog_wal_lsn = 0
+        self._cold_hwm = 0  # as published; _staged: set by a change not yet committed
+        self.last_data_lsn = 0  # since open: the last entry that is not cold bookkeeping
+        self._cold_hwm_staged = 0
         self._closed = False
         self._ckpt_lsn: int | None = None
         self._ckpt_redo = 0
@@ -127,6 +136,8 @@ class Engine:
         self._publisher = Publisher(self.wal.wait_durable, self.catalog.write,
                                     self._note_published)
         self.recovery_report: RecoveryReport = recover(self)
+        with self.catalog.read() as t:
+            self._cold_hwm = self._cold_hwm_staged = t.meta("cold_hwm", 0)
         self.checkpoint()
         self._stop = threading.Event()
         self._maint: threading.Thread | None = None
@@ -218,10 +229,13 @@ class Engine:
                                  txn.chunks if txn is not None else [])
             rec_lsn, end = self.wal.append(RecordType.APPLY, [record.encode()])
             self._applied_lsn = lsn
+            if not isinstance(entry, (E.SegmentShipped, E.Noop)):
+                self.last_data_lsn = lsn
             if record.chunks:
                 self._unpublished.append((rec_lsn, min(c[1] for c in record.chunks)))
             return self._publisher.enqueue(
-                Pending(rec_lsn, end, lambda t: self._apply_to_catalog(t, record, entry)))
+                Pending(rec_lsn, end,
+                        lambda t: self._apply_to_catalog(t, record, entry, rec_lsn)))
 
     # ---- missing chunks: fetched from a peer, filled in ---------------------------------
     def fill_chunk(self, chunk_id: bytes, data) -> bool:
@@ -310,27 +324,34 @@ class Engine:
             return t.missing(limit)
 
     def has_chunk(self, chunk_id: bytes) -> bool:
-        """Whether the catalog holds this chunk here (referenced and not MISSING)."""
+        """Whether the catalog holds this chunk here (referenced, not MISSING or COLD)."""
         with self.catalog.read() as t:
             row = t.chunk(bytes(chunk_id))
-        return row is not None and row[0] != MISSING
+        return row is not None and row[0] >= 0
 
     def read_chunk_by_id(self, chunk_id: bytes) -> bytes | None:
         """The whole of a chunk held here, SHA-256 verified (ChunkCorrupt otherwise),
-        or None if the catalog has no such chunk or it is MISSING. For serving peers'
-        fetches. The segment is pinned from the catalog lookup on, so a concurrent
-        delete plus reclamation cannot remove it mid-read."""
+        or None if the catalog has no such chunk or it is MISSING or COLD. For serving
+        peers' fetches. The segment is pinned from the catalog lookup on, so a
+        concurrent delete plus reclamation or eviction cannot remove it mid-read."""
         chunk_id = bytes(chunk_id)
-        with self.catalog.read() as t:
-            row = t.chunk(chunk_id)
-            if row is None or row[0] == MISSING:
-                return None
-            lsn = row[0]
-            try:
-                seg = self.wal.segment_of(lsn)
-            except KeyError:
-                raise ChunkCorrupt(chunk_id, lsn) from None
-            self._pin_segments((seg,))  # inside the snapshot: reclaim cannot race us
+        while True:
+            with self.catalog.read() as t:
+                row = t.chunk(chunk_id)
+                if row is None or row[0] < 0:
+                    return None
+                lsn = row[0]
+                try:
+                    seg = self.wal.segment_of(lsn)
+                except KeyError:
+                    seg = None
+                if seg is not None and self._pin_present((seg,)):
+                    break
+            # the segment went after this snapshot began: look again in a new one
+            with self.catalog.read() as t:
+                again = t.chunk(chunk_id)
+            if again == row:
+                raise ChunkCorrupt(chunk_id, lsn)
         try:
             head = self._read_segment(seg, lsn - seg, CHUNK_DATA_OFFSET)
             h = parse_header(head, lsn)
@@ -346,15 +367,22 @@ class Engine:
 
     def _note_published(self, lsn: int) -> None:
         self._catalog_wal_lsn = lsn
+        self._cold_hwm = self._cold_hwm_staged
         with self._lock:
             unpublished = self._unpublished
             while unpublished and unpublished[0][0] <= lsn:
                 unpublished.popleft()
 
-    def _apply_to_catalog(self, t: CatalogTxn, record: ApplyRecord,
-                          entry: E.Entry) -> ApplyResult:
-        result = StateMachine(t, self.wal.segment_of, record.chunks).apply(entry)
+    def _apply_to_catalog(self, t: CatalogTxn, record: ApplyRecord, entry: E.Entry,
+                          rec_lsn: int) -> ApplyResult:
+        """rec_lsn: where the APPLY record is; the shipper reads it until the cold HWM
+        passes its entry, so its segment's max_raft covers it."""
+        result = StateMachine(t, self.wal.segment_of, record.chunks,
+                              record.raft_lsn).apply(entry)
+        t.note_segment_raft(self.wal.segment_of(rec_lsn), record.raft_lsn)
         t.set_meta_at_end("applied_lsn", record.raft_lsn)
+        if isinstance(entry, E.SegmentShipped) and result.ok:
+            self._cold_hwm_staged = entry.last_lsn  # published by _note_published
         return result
 
     def _clrs_to_catalog(self, t: CatalogTxn, clrs: list) -> None:
@@ -389,18 +417,30 @@ class Engine:
     def open_object(self, bucket: str, key: str) -> "ObjectReader | None":
         """A reader over one version of an object, resolved in one snapshot, that keeps
         the segments it needs from being reclaimed until it is closed."""
-        with self.catalog.read() as t:
-            rec = t.object(bucket, key)
-            if rec is None:
-                return None
-            info = ObjectInfo.from_record(bucket, key, rec)
-            locations = []
-            for cid, length in info.chunks:
-                row = t.chunk(cid)
-                locations.append((cid, length, MISSING if row is None else row[0]))
-            segs = {self.wal.segment_of(lsn) for _c, _n, lsn in locations if lsn != MISSING}
-            self._pin_segments(segs)  # inside the snapshot: reclaim cannot race us
-        return ObjectReader(self, info, locations, segs)
+        before = None
+        while True:
+            with self.catalog.read() as t:
+                rec = t.object(bucket, key)
+                if rec is None:
+                    return None
+                info = ObjectInfo.from_record(bucket, key, rec)
+                locations = []
+                for cid, length in info.chunks:
+                    row = t.chunk(cid)
+                    locations.append((cid, length, MISSING if row is None else row[0]))
+                try:
+                    segs = {self.wal.segment_of(lsn) for _c, _n, lsn in locations if lsn >= 0}
+                except KeyError:
+                    segs = None
+                if segs is not None and self._pin_present(segs):
+                    return ObjectReader(self, info, locations, segs)
+            # a segment was reclaimed or evicted after this snapshot began: a new one
+            # no longer points there, unless the catalog itself is wrong
+            if locations == before:
+                cid, _n, lsn = next((c for c in locations if c[2] >= 0
+                                     and not self._segment_present(c[2])), locations[0])
+                raise ChunkCorrupt(cid, lsn)
+            before = locations
 
     def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "",
                      start_after: str = "", max_keys: int = 1000) -> ListPage:
@@ -432,8 +472,8 @@ class Engine:
                    hi: int | None = None):
         """Stream bytes [lo, hi) of a chunk, verifying the whole chunk's SHA-256 as it
         goes; the last piece is released only once the hash matches."""
-        if lsn == MISSING:
-            raise ChunkMissing(chunk_id)
+        if lsn < 0:
+            raise ChunkMissing(chunk_id, cold=lsn == COLD)
         hi = length if hi is None else hi
         seg = self.wal.segment_of(lsn)
         start = lsn + CHUNK_DATA_OFFSET - seg
@@ -462,8 +502,8 @@ class Engine:
         """Bytes [lo, hi) of one chunk, read whole in one pread and verified before
         anything is returned. For callers that read chunks ahead on several threads
         (large GETs): verification then runs in parallel, one chunk per thread."""
-        if lsn == MISSING:
-            raise ChunkMissing(chunk_id)
+        if lsn < 0:
+            raise ChunkMissing(chunk_id, cold=lsn == COLD)
         seg = self.wal.segment_of(lsn)
         data = self._read_segment(seg, lsn + CHUNK_DATA_OFFSET - seg, length)
         if len(data) != length or hashlib.sha256(data).digest() != chunk_id:
@@ -486,6 +526,24 @@ class Engine:
     def _pin_segments(self, segs) -> None:
         with self._pins_lock:
             self._pins.update(segs)
+
+    def _segment_present(self, lsn: int) -> bool:
+        try:
+            return self.wal.segment_of(lsn) in self.wal.segments
+        except KeyError:
+            return False
+
+    def _pin_present(self, segs) -> bool:
+        """Pin segs if every one is still on disk (checked under the lock deleters hold
+        from their pin check to the unlink, so a pinned segment stays); else pin
+        nothing and return False: a reader whose snapshot predates a reclaim or an
+        eviction must look again in a new snapshot."""
+        with self._pins_lock:
+            present = self.wal.segments
+            if not all(s in present for s in segs):
+                return False
+            self._pins.update(segs)
+            return True
 
     def _unpin_segments(self, segs) -> None:
         with self._pins_lock:
@@ -517,39 +575,112 @@ class Engine:
             freed = self.reclaim()
         return CheckpointInfo(ck_lsn, redo, active, time.perf_counter() - t0, freed)
 
-    def reclaim(self) -> int:
-        """Delete sealed WAL segments that recovery no longer reads and that hold no
-        live or pending chunk and no reader. Returns bytes freed."""
+    def _keep_from(self) -> int | None:
+        """WAL below this LSN is read by no recovery, transaction or pending change:
+        min(checkpoint redo point, checkpoint, oldest open transaction, oldest
+        unpublished change). None before the first checkpoint."""
         if self._ckpt_lsn is None:
-            return 0
+            return None
         with self._lock:
             oldest_txn = self.txns.oldest_lsn()
             oldest_unpublished = min((lo for _r, lo in self._unpublished), default=None)
-        keep_from = min(x for x in (self._ckpt_redo, self._ckpt_lsn, oldest_txn, oldest_unpublished)
-                        if x is not None)
-        with self.catalog.read() as t:
-            usage = dict(t.segments())
-        freed = 0
-        segs = list(self.wal.segments)
-        doomed = []
-        for seg, nxt in zip(segs, segs[1:]):
-            if nxt > keep_from:
-                break
-            if usage.get(seg, [0, 0])[0] > 0:
-                continue
-            with self._pins_lock:
-                if self._pins.get(seg):
+        return min(x for x in (self._ckpt_redo, self._ckpt_lsn, oldest_txn, oldest_unpublished)
+                   if x is not None)
+
+    def reclaim(self) -> int:
+        """Delete sealed WAL segments that recovery no longer reads and that hold no
+        live or pending chunk and no reader; with `ship_retention`, also none the
+        shipper still needs (max_raft above the cold HWM). Returns bytes freed."""
+        with self._ckpt_lock:
+            keep_from = self._keep_from()
+            if keep_from is None:
+                return 0
+            with self.catalog.read() as t:
+                usage = dict(t.segments())
+                hwm = t.meta("cold_hwm", 0)
+                gone = t.meta("wal_gone_raft", 0)
+            retain = self.config.ship_retention
+            segs = list(self.wal.segments)
+            candidates = []
+            for seg, nxt in zip(segs, segs[1:]):
+                if nxt > keep_from:
+                    break
+                live, _dead, max_raft = usage.get(seg, (0, 0, 0))
+                if live > 0 or (retain and max_raft > hwm):
                     continue
-                freed += self.wal.delete_segment(seg)
-            self.pool.invalidate_segment(seg)
-            doomed.append(seg)
-        # rows of segments already gone (a crash between unlink and this write) go too
-        stale = [seg for seg in usage if seg not in self.wal.segments]
-        if doomed or stale:
-            with self.catalog.write() as t:
-                for seg in doomed + stale:
-                    t.delete_segment(seg)
-        return freed
+                candidates.append((seg, max_raft))
+            high = max((m for _s, m in candidates), default=0)
+            if high > gone:  # durable before any of them goes (scan_applied's holes)
+                with self.catalog.write() as t:
+                    t.set_meta("wal_gone_raft", high)
+                self.catalog.sync()
+            freed = 0
+            doomed = []
+            for seg, _m in candidates:
+                with self._pins_lock:
+                    if self._pins.get(seg):
+                        continue
+                    freed += self.wal.delete_segment(seg)
+                self.pool.invalidate_segment(seg)
+                doomed.append(seg)
+            # rows of segments already gone (a crash between unlink and this write) go too
+            stale = [seg for seg in usage if seg not in self.wal.segments]
+            if doomed or stale:
+                with self.catalog.write() as t:
+                    for seg in doomed + stale:
+                        t.delete_segment(seg)
+            return freed
+
+    def evict(self, target_hot_bytes: int) -> EvictReport:
+        """Cold tier: delete sealed WAL segments, oldest first, whose entries and live
+        chunks are all in cold storage, until the WAL takes at most target_hot_bytes
+        on disk (or nothing more can go). Their live chunks become COLD: reads raise
+        ChunkMissing(cold=True). Rules and crash safety: engine/eviction.py."""
+        self._check_open()
+        return _evict(self, target_hot_bytes)
+
+    def hot_bytes(self) -> int:
+        """Bytes the WAL takes on disk (every segment, the active one included)."""
+        return sum(self.wal.segment_size_on_disk(s) for s in list(self.wal.segments))
+
+    def unshipped_bytes(self) -> int:
+        """WAL bytes on disk that the cold tier still needs: segments holding an entry
+        above the cold HWM, or a chunk such an entry took (what the lag bound counts)."""
+        hwm = self._cold_hwm
+        with self.catalog.read() as t:
+            needed = [seg for seg, row in t.segments() if row[2] > hwm]
+        present = set(self.wal.segments)
+        return sum(self.wal.segment_size_on_disk(s) for s in needed if s in present)
+
+    def wal_raft_floor(self) -> int:
+        """The highest log LSN whose APPLY record may be gone from the local WAL (a
+        deleted segment held it): a single node's LWM. With ship_retention it never
+        passes the cold HWM."""
+        with self.catalog.read() as t:
+            return t.meta("wal_gone_raft", 0)
+
+    # ---- cold tier: what the catalog knows ----------------------------------------------
+    @property
+    def cold_hwm(self) -> int:
+        """The cold high-water mark: log LSNs 1..cold_hwm are in cold storage."""
+        return self._cold_hwm
+
+    def chunk_info(self, chunk_id: bytes) -> ChunkInfo | None:
+        """Where a referenced chunk is: hot here, missing (fetch from a peer), or cold
+        (in the cold segment holding its intro_lsn); None if nothing references it."""
+        with self.catalog.read() as t:
+            return _chunk_info(t, chunk_id)
+
+    def cold_segment_for(self, lsn: int) -> dict | None:
+        """The shipped cold segment {first, last, locations} whose range holds log
+        LSN lsn, or None."""
+        with self.catalog.read() as t:
+            return t.cold_segment_for(lsn)
+
+    def cold_segments(self, after_last: int = 0, limit: int = 1000) -> list[dict]:
+        """Shipped cold segments with last LSN above after_last, in order (at most limit)."""
+        with self.catalog.read() as t:
+            return t.cold_segments(after_last, limit)
 
     def segment_usage(self) -> list[SegmentUsage]:
         """Hot-tier accounting: per WAL segment, bytes of live chunks (referenced),
@@ -563,12 +694,15 @@ class Engine:
         active = self.wal.segments[-1] if self.wal.segments else None
         out = []
         for seg in list(self.wal.segments):
-            live, dead = usage.get(seg, [0, 0])
+            live, dead, max_raft = usage.get(seg, (0, 0, 0))
             out.append(SegmentUsage(seg, self.wal.segment_size_on_disk(seg), live, dead,
-                                    pending[seg], seg == active))
+                                    pending[seg], seg == active, max_raft))
         return out
 
     def stats(self) -> dict:
+        with self.catalog.read() as t:  # LMDB keeps these counts: no scans
+            missing, cold = t.count("missing"), t.count("cold")
+            cold_segments = t.count("cold_segments")
         return {
             "applied_lsn": self._applied_lsn,
             "catalog_wal_lsn": self._catalog_wal_lsn,
@@ -577,14 +711,14 @@ class Engine:
             "wal_segments": len(self.wal.segments),
             "fsyncs": self.wal.commit.fsyncs,
             "open_txns": len(self.txns),
-            "missing_chunks": self._missing_count(),
+            "missing_chunks": missing,
             "checkpoint_lsn": self._ckpt_lsn,
+            "cold_hwm": self._cold_hwm,
+            "hot_bytes": self.hot_bytes(),
+            "cold_segments": cold_segments,
+            "cold_chunks": cold,
             "buffer_pool": self.pool.stats(),
         }
-
-    def _missing_count(self) -> int:
-        with self.catalog.read() as t:
-            return t.count("missing")
 
     def _maintenance_loop(self) -> None:
         cfg = self.config

@@ -17,12 +17,15 @@ class WalCorruption(EngineError):
 
 
 class ChunkMissing(EngineError):
-    """The catalog references a chunk this node does not hold (it was down when the
-    chunk was replicated); the caller fetches it from a peer or from cold storage."""
+    """The catalog references a chunk this node does not hold: it was down when the
+    chunk was replicated (fetch it from a peer), or `cold` is True: the chunk is held
+    only in cold storage (Engine.chunk_info and cold_segment_for say where)."""
 
-    def __init__(self, chunk_id: bytes):
-        super().__init__(f"chunk {chunk_id.hex()} is not held locally")
+    def __init__(self, chunk_id: bytes, cold: bool = False):
+        where = "held only in cold storage" if cold else "not held locally"
+        super().__init__(f"chunk {chunk_id.hex()} is {where}")
         self.chunk_id = chunk_id
+        self.cold = cold
 
 
 class ChunkCorrupt(EngineError):

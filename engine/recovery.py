@@ -156,7 +156,7 @@ def _redo_batch(engine: "Engine", records: list) -> None:
         for rec in records:
             if rec.rtype == RecordType.APPLY:
                 ar = ApplyRecord.decode(rec.payload)
-                engine._apply_to_catalog(t, ar, decode_entry(ar.entry))
+                engine._apply_to_catalog(t, ar, decode_entry(ar.entry), rec.lsn)
             elif rec.rtype == RecordType.FILL:
                 engine._fill_to_catalog(t, FillRecord.decode(rec.payload))
             else:

@@ -12,6 +12,13 @@ A transaction's chunk that nobody references (a duplicate, or an entry that fail
 is dead at once. A referenced chunk this node does not hold is a MISSING row, listed
 in the `missing` table (kept in step here) until a FILL record or a later upload of
 the same bytes fills it, or its last reference goes.
+
+Cold tier: a row remembers the log LSN of the entry that created it (intro_lsn, the
+same on every replica), and each WAL segment the highest log LSN that still needs it
+(max_raft: its APPLY records, noted by the engine; chunks an entry introduced there;
+a filled row's intro_lsn). A SegmentShipped entry advances the cold HWM by exactly one
+contiguous range and turns MISSING rows introduced in it COLD: read from cold storage
+instead of a peer. COLD rows (also made by eviction) are never filled again here.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import entries as E
-from .catalog import MISSING, UPLOAD_ID_MAX, CatalogTxn, max_key_bytes, unpack
+from .catalog import COLD, MISSING, UPLOAD_ID_MAX, CatalogTxn, max_key_bytes, unpack
 
 
 @dataclass
@@ -60,30 +67,43 @@ class StateMachine:
     """Binds a catalog transaction to the segment lookup and applies entries."""
 
     def __init__(self, t: CatalogTxn, segment_of: Callable[[int], int],
-                 txn_chunks: list | None):
+                 txn_chunks: list | None, lsn: int = 0):
         self.t = t
         self.segment_of = segment_of
         # chunks this node holds for the entry's transaction: [(id, lsn, record size)]
         self.pending = list(txn_chunks or [])
+        self.lsn = lsn  # the entry's log LSN: intro_lsn of the rows it creates
 
     # ---- chunk references -----------------------------------------------------
+    def _note_introduced(self, entry: E.Entry) -> None:
+        """Segments holding chunks the entry introduced (its transaction's chunks that
+        it references, as Engine.scan_applied yields them) are needed by the shipper
+        until the cold HWM passes this entry, taken or not: a failed entry's chunks and
+        a duplicate of a held chunk are shipped too, read from their CHUNK record."""
+        if not self.pending:
+            return
+        refs = {bytes(c) for c, _n in getattr(entry, "chunks", None) or ()}
+        for cid, lsn, _size in self.pending:
+            if cid in refs:
+                self.t.note_segment_raft(self.segment_of(lsn), self.lsn)
+
     def _take(self, chunks) -> None:
         t = self.t
         for cid, _length in chunks:
             row = t.chunk(cid)
             if row is not None:
-                t.put_chunk(cid, row[0], row[1], row[2] + 1)
+                t.put_chunk(cid, row[0], row[1], row[2] + 1, row[3])
                 if row[0] == MISSING:
                     self._fill_missing(cid, row)
                 continue
             for i, (pid, lsn, size) in enumerate(self.pending):
                 if pid == cid:
                     del self.pending[i]
-                    t.put_chunk(cid, lsn, size, 1)
+                    t.put_chunk(cid, lsn, size, 1, self.lsn)
                     t.add_segment_bytes(self.segment_of(lsn), live=size)
                     break
             else:
-                t.put_chunk(cid, MISSING, 0, 1)
+                t.put_chunk(cid, MISSING, 0, 1, self.lsn)
                 t.add_missing(cid)
 
     def _fill_missing(self, cid: bytes, row) -> None:
@@ -91,20 +111,23 @@ class StateMachine:
             if pid == cid:
                 del self.pending[i]
                 t = self.t
-                t.put_chunk(cid, lsn, size, t.chunk(cid)[2])
+                t.put_chunk(cid, lsn, size, t.chunk(cid)[2], row[3])
                 t.add_segment_bytes(self.segment_of(lsn), live=size)
                 t.remove_missing(cid)
                 return
 
     def fill(self, cid: bytes, lsn: int, size: int) -> bool:
         """A FILL record: the chunk at `lsn` (fetched from a peer) fills the row if it
-        is still MISSING at this point of the log; otherwise (filled meanwhile, or no
-        longer referenced) its bytes are dead. Returns whether it filled the row."""
+        is still MISSING at this point of the log; otherwise (filled meanwhile, turned
+        COLD, or no longer referenced) its bytes are dead. Returns whether it filled
+        the row. A filled row's segment is needed until the HWM passes its intro_lsn."""
         t = self.t
         row = t.chunk(cid)
         if row is not None and row[0] == MISSING:
-            t.put_chunk(cid, lsn, size, row[2])
-            t.add_segment_bytes(self.segment_of(lsn), live=size)
+            seg = self.segment_of(lsn)
+            t.put_chunk(cid, lsn, size, row[2], row[3])
+            t.add_segment_bytes(seg, live=size)
+            t.note_segment_raft(seg, row[3])
             t.remove_missing(cid)
             return True
         t.add_segment_bytes(self.segment_of(lsn), dead=size)
@@ -116,16 +139,18 @@ class StateMachine:
             row = t.chunk(cid)
             if row is None:
                 continue
-            lsn, size, refs = row
+            lsn, size, refs, intro = row
             if refs > 1:
-                t.put_chunk(cid, lsn, size, refs - 1)
+                t.put_chunk(cid, lsn, size, refs - 1, intro)
                 continue
             t.delete_chunk(cid)
-            if lsn != MISSING:
+            if lsn >= 0:
                 seg = self.segment_of(lsn)
                 t.add_segment_bytes(seg, live=-size, dead=size)
-            else:
+            elif lsn == MISSING:
                 t.remove_missing(cid)
+            else:  # COLD: its bytes left this node already
+                t.remove_cold(cid)
 
     def finish(self) -> None:
         """Whatever the transaction wrote that nothing took is dead space."""
@@ -136,6 +161,7 @@ class StateMachine:
     # ---- entries ----------------------------------------------------------------
     def apply(self, entry: E.Entry) -> ApplyResult:
         handler = getattr(self, "_" + entry.OP)
+        self._note_introduced(entry)
         result = handler(entry)
         self.finish()
         return result if result is not None else ApplyResult()
@@ -311,6 +337,21 @@ class StateMachine:
         return None
 
     def _segment_shipped(self, e: E.SegmentShipped):
-        if e.last_lsn > self.t.meta("cold_hwm", 0):
-            self.t.set_meta("cold_hwm", e.last_lsn)
-        return None
+        """Log LSNs [first, last] are in cold storage. Only the range right after the
+        HWM counts (a duplicate, or a new leader's retry of a range already shipped, is
+        refused harmlessly), and only an already committed range (last below this
+        entry). MISSING rows introduced in the range become COLD: cold storage, not a
+        peer, has them. The `missing` table is small, so it is walked whole."""
+        t = self.t
+        hwm = t.meta("cold_hwm", 0)
+        if not (e.first_lsn == hwm + 1 and e.first_lsn <= e.last_lsn < self.lsn):
+            return ApplyResult("SegmentOutOfOrder", {"cold_hwm": hwm})
+        t.set_meta("cold_hwm", e.last_lsn)
+        t.put_cold_segment(e.first_lsn, e.last_lsn, e.locations)
+        for cid in t.missing(1 << 62):
+            row = t.chunk(cid)
+            if row is not None and 0 < row[3] <= e.last_lsn:
+                t.put_chunk(cid, COLD, 0, row[2], row[3])
+                t.remove_missing(cid)
+                t.add_cold(cid)
+        return ApplyResult(value={"cold_hwm": e.last_lsn})

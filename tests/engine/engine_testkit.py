@@ -40,3 +40,32 @@ class Writer:
 def read_all(engine, bucket, key, start=0, end=None):
     with engine.open_object(bucket, key) as r:
         return b"".join(bytes(p) for p in r.read(start, end))
+
+
+def downgrade_catalog(data_dir, fmt, drop_segment_rows=()):
+    """Rewrite a closed engine's catalog the way format `fmt` (1 or 2) stored it: chunk
+    rows [lsn, size, refs], segment rows [live, dead], no cold tables, no wal_gone_raft
+    (format 1: no `missing` table either). drop_segment_rows: segments to leave without
+    a row (format 2 had none for a segment without chunk records). For upgrade tests."""
+    import os
+
+    import lmdb
+
+    from engine.catalog import _TABLES, _U64, pack, unpack
+
+    env = lmdb.open(os.path.join(data_dir, "catalog"), max_dbs=len(_TABLES) + 1)
+    db = {name: env.open_db(name.encode()) for name in _TABLES}
+    with env.begin(write=True) as txn:
+        for k, v in list(txn.cursor(db=db["chunks"])):
+            txn.put(k, pack(unpack(v)[:3]), db=db["chunks"])
+        for k, v in list(txn.cursor(db=db["segments"])):
+            if _U64.unpack(k)[0] in drop_segment_rows:
+                txn.delete(k, db=db["segments"])
+            else:
+                txn.put(k, pack(unpack(v)[:2]), db=db["segments"])
+        for table in ("cold", "cold_segments") + (("missing",) if fmt == 1 else ()):
+            txn.drop(db[table], delete=False)
+        txn.delete(b"wal_gone_raft", db=db["meta"])
+        txn.put(b"format", pack(fmt), db=db["meta"])
+    env.sync(True)
+    env.close()

@@ -341,7 +341,7 @@ def check_catalog(eng: Engine, stats: Counter) -> None:
     for cid, n in refs.items():
         row = rows.get(cid)
         assert row is not None, f"an object references chunk {cid.hex()}, which the catalog lacks"
-        lsn, size, count = row
+        lsn, size, count, _intro = row
         assert count == n, f"chunk {cid.hex()}: refcount {count}, referenced {n} times"
         assert lsn != MISSING, f"chunk {cid.hex()} is MISSING on the only node"
         seg = eng.wal.segment_of(lsn)

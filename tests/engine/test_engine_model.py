@@ -2,11 +2,15 @@
 
 Operations: puts (one or many chunks), deletes, copies, multipart uploads, uploads
 left uncommitted, explicit aborts, run-time reaping, checkpoints, puts whose chunks
-this node never received (MISSING, as on a replica that was down) and fills of them. Crashes of two
+this node never received (MISSING, as on a replica that was down) and fills of them,
+cold tier: SegmentShipped entries (and refused duplicates) and eviction of shipped
+segments under a byte budget (evicted objects still exist; their chunks are COLD and
+reads say so). Crashes of two
 kinds: a process crash (every written byte survives, as with kill -9) and a power-loss
 style crash in which the WAL loses everything past its durable point, cut at a random
 offset (so torn records appear), and the catalog falls back to its state at the last
-checkpoint (all that LMDB without per-commit sync promises). After every step, the
+checkpoint or eviction (all that LMDB without per-commit sync promises; both sync the
+catalog). After every step, the
 store must equal the model: every committed object identical, nothing uncommitted
 visible, and the space accounting consistent with the catalog.
 """
@@ -22,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from engine import ChunkMissing, Engine
 from engine import entries as E
-from engine.catalog import MISSING
+from engine.catalog import COLD, MISSING
 
 KEYS = st.sampled_from(["a", "b", "dir/c", "dir/d", "é", "zz", "L" * 400 + "1", "L" * 400 + "2/x"])  # the last two share a long-key group
 SIZES = st.sampled_from([0, 1, 100, 4096, 5000, 70000])
@@ -49,6 +53,7 @@ class EngineModel(RuleBasedStateMachine):
         self.open_txns: list = []
         self.fetchable: dict[bytes, bytes] = {}  # what a peer would serve: chunk id -> bytes
         self.lsn = 0
+        self.hwm = 0  # the cold HWM the shipped entries set
         self.seed = 0
         self.crashes = 0
         self.eng = None
@@ -57,7 +62,8 @@ class EngineModel(RuleBasedStateMachine):
 
     def _open(self):
         self.eng = Engine(self.dir, fsync=False, maintenance_interval_s=0,
-                          segment_size=64 << 10, pool_budget=256 << 10, page_size=4096)
+                          segment_size=64 << 10, pool_budget=256 << 10, page_size=4096,
+                          ship_retention=True)
         self._snapshot_catalog()  # opening ends with a checkpoint
         self.lsn = max(self.lsn, self.eng.applied_lsn)
 
@@ -180,6 +186,30 @@ class EngineModel(RuleBasedStateMachine):
         self.eng.checkpoint()
         self._snapshot_catalog()
 
+    @rule(duplicate=st.booleans())
+    def ship(self, duplicate):
+        """The shipper stored [HWM + 1, last applied] in cold storage."""
+        if self.lsn > self.hwm:
+            first, last = self.hwm + 1, self.lsn
+            assert self.apply(E.SegmentShipped(first, last, {"n": last})).ok
+            self.hwm = last
+            assert self.eng.cold_hwm == last
+            assert self.eng.cold_segment_for(first)["last"] == last
+        if duplicate and self.hwm:  # a new leader's retry of the last range
+            seg = self.eng.cold_segment_for(self.hwm)
+            res = self.apply(E.SegmentShipped(seg["first"], seg["last"], {}))
+            assert res.error == "SegmentOutOfOrder"
+
+    @rule(keep=st.sampled_from([0.0, 0.5]), ship_first=st.booleans())
+    def evict(self, keep, ship_first):
+        if ship_first:
+            self.ship(False)
+        self.eng.checkpoint()
+        self._snapshot_catalog()
+        report = self.eng.evict(int(self.eng.hot_bytes() * keep))
+        self._snapshot_catalog()  # eviction synced the catalog before unlinking
+        assert report.bytes_freed >= 0 and report.left_for_reclaim == 0
+
     @rule(power=st.booleans(), cut=st.floats(0, 1), replay=st.integers(0, 3))
     def crash(self, power, cut, replay):
         eng = self.eng
@@ -196,6 +226,7 @@ class EngineModel(RuleBasedStateMachine):
         applied_before = self.lsn
         self._open()
         assert self.eng.applied_lsn == applied_before, "an acknowledged entry was lost"
+        assert self.eng.cold_hwm == self.hwm
         assert len(self.eng.txns) == 0
         # the log layer replays its last entries after a restart: all no-ops
         for lsn in range(max(1, applied_before - replay + 1), applied_before + 1):
@@ -210,12 +241,23 @@ class EngineModel(RuleBasedStateMachine):
         assert listed == sorted(self.model, key=str.encode)
         missing = set(self.eng.missing_chunks(limit=1 << 30))
         for key, data in self.model.items():
-            lacking = {c for c, _n in self.eng.head_object("b", key).chunks} & missing
+            info = self.eng.head_object("b", key)
+            assert info.size == len(data), key  # evicted or not, the object exists
+            states = {c: self.eng.chunk_info(c) for c, _n in info.chunks}
+            assert all(ci is not None and ci.refs > 0 for ci in states.values()), key
+            assert {c for c, ci in states.items() if ci.state == "missing"} == \
+                {c for c, _n in info.chunks} & missing
+            lacking = {c for c, ci in states.items() if ci.state != "hot"}
+            for ci in states.values():
+                if ci.state == "cold":  # shipped: the cold segment holding it is known
+                    assert 0 < ci.intro_lsn <= self.hwm
+                    assert self.eng.cold_segment_for(ci.intro_lsn) is not None
             try:
                 with self.eng.open_object("b", key) as r:
                     got = b"".join(bytes(p) for p in r.read())
             except ChunkMissing as exc:
                 assert exc.chunk_id in lacking, key
+                assert exc.cold == (states[exc.chunk_id].state == "cold"), key
                 continue
             assert not lacking, key
             assert got == data, key
@@ -225,11 +267,20 @@ class EngineModel(RuleBasedStateMachine):
         if self.eng is None:
             return
         with self.eng.catalog.read() as t:
-            referenced = sum(size for _cid, (lsn, size, refs) in t.chunks() if lsn != MISSING)
-            assert all(refs > 0 for _cid, (_l, _s, refs) in t.chunks())
-            missing = {cid for cid, (lsn, _s, _r) in t.chunks() if lsn == MISSING}
+            referenced = sum(size for _cid, (lsn, size, _r, _i) in t.chunks() if lsn >= 0)
+            assert all(refs > 0 for _cid, (_l, _s, refs, _i) in t.chunks())
+            missing = {cid for cid, (lsn, _s, _r, _i) in t.chunks() if lsn == MISSING}
             assert set(t.missing(1 << 30)) == missing
+            cold = {cid for cid, (lsn, _s, _r, _i) in t.chunks() if lsn == COLD}
+            assert {bytes(k) for k in t.cursor("cold").iternext(values=False)} == cold
+            segment_rows = dict(t.segments())
         assert self.eng.stats()["missing_chunks"] == len(missing)
+        assert self.eng.stats()["cold_chunks"] == len(cold)
+        # no WAL segment the shipper still needs is gone: a deleted segment held
+        # nothing above the HWM (reclaim with ship_retention, and eviction)
+        for seg, (_live, _dead, max_raft) in segment_rows.items():
+            if seg not in self.eng.wal.segments:
+                assert max_raft <= self.hwm
         usage = self.eng.segment_usage()
         assert sum(u.live for u in usage) == referenced
         assert all(u.live >= 0 and u.dead >= 0 for u in usage)
