@@ -1,0 +1,203 @@
+"""The shipper on a real engine and real `file://` shard stores: a shipment advances
+the HWM, evicted chunks read back from the shards, and every crash point of the
+shipping protocol leaves the HWM where it was and is repaired by the retry."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from engine import Engine
+from engine import entries as E
+from tiering.chunk_cache import ChunkCache
+from tiering.cold_config import ColdConfig
+from tiering.cold_reader import ColdReader
+from tiering.errors import ColdChunkUnavailable
+from tiering.shipper import Shipper, shard_name, segment_id
+
+MiB = 1 << 20
+
+
+def cid(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class Log:
+    """A one-member log on the engine: entries applied at LSNs 1, 2, ..."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.lsn = engine.applied_lsn
+        self.proposals = 0
+        self.fail_next = 0
+
+    def propose(self, entry):
+        self.proposals += 1
+        if self.fail_next:
+            self.fail_next -= 1
+            raise TimeoutError("no commit (the shipper's leader lost its quorum)")
+        self.lsn += 1
+        return self.engine.apply(self.lsn, entry)
+
+    def put(self, key: str, data: bytes):
+        txn = self.engine.begin()
+        self.engine.write_chunk(txn, data)
+        self.engine.wait_durable()
+        res = self.propose(E.PutObject("b", key, len(data), hashlib.md5(data).hexdigest(),
+                                       [(cid(data), len(data))], 1000, txn_id=txn))
+        assert res.ok, res
+
+
+@pytest.fixture
+def setup(tmp_path):
+    engine = Engine(str(tmp_path / "engine"), segment_size=MiB, maintenance_interval_s=0,
+                    ship_retention=True)
+    config = ColdConfig(stores=[f"file://{tmp_path}/cold/d{i}" for i in range(6)],
+                        segment_bytes=2 * MiB, seal_age_s=0.0)
+    stores = config.open_stores(str(tmp_path))
+    log = Log(engine)
+    log.propose(E.CreateBucket("b", 1))
+    shipper = Shipper(engine, config, stores, str(tmp_path / "ship"), propose=log.propose)
+    yield engine, config, stores, log, shipper, tmp_path
+    engine.close()
+
+
+def objects(log, n: int, size: int, tag: str = "o") -> dict:
+    out = {}
+    for i in range(n):
+        data = os.urandom(size)
+        log.put(f"{tag}{i}", data)
+        out[f"{tag}{i}"] = data
+    return out
+
+
+def read_object(engine, reader, key):
+    info = engine.head_object("b", key)
+    return b"".join(reader.read_chunk(c) for c, _n in info.chunks)
+
+
+def test_a_shipment_advances_the_hwm_and_evicted_chunks_read_back(setup):
+    engine, config, stores, log, shipper, tmp = setup
+    written = objects(log, 12, 300_000)
+    while shipper.step():
+        pass
+    assert engine.cold_hwm == log.lsn - 1  # all but the last SegmentShipped itself
+    assert shipper.state.segments_shipped >= 2  # 3.6 MB in 2 MiB segments
+    engine.checkpoint()
+    report = engine.evict(0)
+    assert report.segments_evicted > 0
+    reader = ColdReader(engine, stores, ChunkCache(str(tmp / "cache"), 0))
+    evicted = 0
+    for key, data in written.items():
+        info = engine.chunk_info(engine.head_object("b", key).chunks[0][0])
+        evicted += info.state == "cold"
+        assert read_object(engine, reader, key) == data
+    assert evicted > 0 and reader.reads >= evicted
+
+
+def test_the_cache_serves_repeated_cold_reads_and_drops_damaged_files(setup):
+    engine, config, stores, log, shipper, tmp = setup
+    data = os.urandom(200_000)
+    log.put("x", data)
+    while shipper.step():
+        pass
+    cache = ChunkCache(str(tmp / "cache"), 10 * MiB)
+    reader = ColdReader(engine, stores, cache)
+    chunk = cid(data)
+    assert reader.read_chunk(chunk) == data and reader.read_chunk(chunk) == data
+    assert reader.reads == 1 and cache.hits == 1
+    with open(os.path.join(cache.dir, chunk.hex()), "r+b") as f:
+        f.write(b"damage")
+    assert reader.read_chunk(chunk) == data and reader.reads == 2
+
+
+def test_a_store_down_leaves_the_hwm_and_the_retry_ships(setup):
+    engine, config, stores, log, shipper, tmp = setup
+    written = objects(log, 4, 100_000)
+    hi = log.lsn
+    os.rename(f"{tmp}/cold/d4", f"{tmp}/cold/d4-away")  # a drive unmounted
+    assert not shipper.step()
+    assert engine.cold_hwm == 0 and log.proposals == 1 + 4  # nothing proposed
+    assert shipper.state.failures == 1 and "d4" in shipper.state.last_error
+    assert shipper.state.retry_at > 0
+    leftovers = [f for d in range(4) for _r, _d, fs in os.walk(f"{tmp}/cold/d{d}") for f in fs]
+    assert leftovers == []  # no shard committed, no temporary file left behind
+    os.rename(f"{tmp}/cold/d4-away", f"{tmp}/cold/d4")
+    shipper.state.retry_at = 0  # skip the backoff
+    assert shipper.step()
+    assert engine.cold_hwm == hi
+    reader = ColdReader(engine, stores)
+    for key, data in written.items():
+        assert read_object(engine, reader, key) == data
+
+
+def test_crash_after_three_of_six_shards_then_retry(setup):
+    engine, config, stores, log, shipper, tmp = setup
+    written = objects(log, 4, 100_000)
+    hi = log.lsn
+    log.fail_next = 1  # the shipper dies before its entry commits...
+    assert not shipper.step()
+    seg = segment_id(1, hi)
+    for i in (3, 4, 5):  # ...and only shards 0-2 had reached their stores
+        os.unlink(f"{tmp}/cold/d{i}/{shard_name(seg, i)}")
+    assert engine.cold_hwm == 0
+    shipper.state.retry_at = 0
+    assert shipper.step() and engine.cold_hwm == hi
+    for i in range(6):
+        assert os.path.exists(f"{tmp}/cold/d{i}/{shard_name(seg, i)}")
+    engine.checkpoint()
+    engine.evict(0)
+    reader = ColdReader(engine, stores)
+    for key, data in written.items():
+        assert read_object(engine, reader, key) == data
+
+
+def test_crash_before_the_entry_commits_is_retried_with_the_same_shards(setup):
+    engine, config, stores, log, shipper, tmp = setup
+    objects(log, 3, 100_000)
+    hi = log.lsn
+    log.fail_next = 1  # every shard written and verified; the proposal fails
+    assert not shipper.step()
+    assert engine.cold_hwm == 0
+    seg = segment_id(1, hi)
+    first = os.stat(f"{tmp}/cold/d0/{shard_name(seg, 0)}").st_ino
+    shipper.state.retry_at = 0
+    assert shipper.step() and engine.cold_hwm == hi
+    # the same range, the same names: the retry overwrote, it did not add
+    assert os.listdir(f"{tmp}/cold/d0/segments") == [seg]
+    assert os.stat(f"{tmp}/cold/d0/{shard_name(seg, 0)}").st_ino != first
+
+
+def test_a_duplicate_or_competing_shipment_is_a_harmless_no_op(setup):
+    engine, config, stores, log, shipper, tmp = setup
+    objects(log, 3, 50_000)
+    hi = log.lsn
+    assert shipper.step() and engine.cold_hwm == hi
+    # a deposed leader that built [1, hi - 1] proposes it late: out of order
+    res = log.propose(E.SegmentShipped(1, hi - 1, {"id": "late"}))
+    assert res.error == "SegmentOutOfOrder" and engine.cold_hwm == hi
+    # and the same shipment proposed twice
+    locations = engine.cold_segment_for(hi)["locations"]
+    res = log.propose(E.SegmentShipped(1, hi, locations))
+    assert res.error == "SegmentOutOfOrder" and engine.cold_hwm == hi
+
+
+def test_a_chunk_never_shipped_is_not_read_from_cold(setup):
+    engine, config, stores, log, shipper, tmp = setup
+    data = os.urandom(1000)
+    log.put("late", data)
+    reader = ColdReader(engine, stores)
+    assert not reader.holds(cid(data))
+    with pytest.raises(ColdChunkUnavailable):
+        reader.read_chunk(cid(data))
+
+
+def test_only_cold_bookkeeping_above_the_hwm_is_not_shipped_again(setup):
+    engine, config, stores, log, shipper, tmp = setup
+    objects(log, 2, 10_000)
+    assert shipper.step()
+    assert engine.cold_hwm == log.lsn - 1  # the SegmentShipped entry is above it
+    assert not shipper.step() and shipper.state.state == "idle"
+    assert shipper.state.segments_shipped == 1
