@@ -103,11 +103,7 @@ class DurableJournal(Journal):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.meta_path)
-        dfd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync_dir(self.directory)
         self._meta_dirty = False
 
     # ---- durability -------------------------------------------------------------
@@ -140,28 +136,34 @@ class DurableJournal(Journal):
             self._truncate(entryFrom)
 
     def deleteEntriesTo(self, entryTo):
-        """Drop the first `entryTo` entries (log compaction): rewrite the rest into a
-        new file, made durable before it replaces the old one."""
-        keep = [self[i] for i in range(entryTo, len(self._offsets))]
+        """Drop the first `entryTo` entries (truncation up to the cold HWM): copy the
+        rest, byte for byte, into a new file made durable before it replaces the old
+        one (then the directory is synced). Streams: memory does not grow with the log."""
+        entryTo = min(entryTo, len(self._offsets))
+        start = self._offsets[entryTo] if entryTo < len(self._offsets) else self._end
+        shift = start - len(MAGIC)
         tmp = self.path + ".compact"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, MAGIC)
-            offsets, pos = array("Q"), len(MAGIC)
-            for command, idx, term in keep:
-                record = _encode(command, idx, term)
-                os.write(fd, record)
-                offsets.append(pos)
-                pos += len(record)
+            pos = start
+            while pos < self._end:
+                n = os.copy_file_range(self._fd, fd, min(8 << 20, self._end - pos), pos)
+                if n <= 0:
+                    raise OSError(f"raft journal: short copy at offset {pos}")
+                pos += n
             os.fsync(fd)
         except BaseException:
             os.close(fd)
             raise
         os.replace(tmp, self.path)
+        _fsync_dir(self.directory)
         os.close(self._fd)
         self._fd = fd
-        self._offsets, self._end = offsets, pos
-        self._cache.clear()
+        self._offsets = array("Q", (o - shift for o in self._offsets[entryTo:]))
+        self._end -= shift
+        self._cache = collections.OrderedDict(
+            (pos - entryTo, entry) for pos, entry in self._cache.items() if pos >= entryTo)
         self._dirty = False
 
     def __getitem__(self, item):
@@ -241,6 +243,14 @@ class DurableJournal(Journal):
                 self._store_meta()
             os.close(self._fd)
             self._fd = -1
+
+
+def _fsync_dir(path: str) -> None:
+    dfd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _encode(command: bytes, idx: int, term: int) -> bytes:

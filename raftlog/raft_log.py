@@ -230,8 +230,13 @@ class RaftLog:
             "has_quorum": bool(raw.get("has_quorum")), "commit_lsn": commit,
             "applied_lsn": self._visible, "lag": max(0, commit - self._visible),
             "journal_entries": raw.get("log_len", 0), "journal_bytes": self.journal.bytes,
-            "journal_fsyncs": self.journal.fsyncs, "peers": peers,
+            "journal_fsyncs": self.journal.fsyncs, "lwm": self.raft.lwm, "peers": peers,
         }
+
+    def truncate_to(self, lsn: int) -> None:
+        """Let the Raft journal drop entries below `lsn` (LWM <= cold HWM: the caller
+        passes at most the HWM, and at most what every member has applied)."""
+        self.raft.request_truncation(lsn)
 
     async def close(self) -> None:
         self._closed = True

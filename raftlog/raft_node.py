@@ -126,8 +126,15 @@ class RaftMember(SyncObj):
         )
         with _our_parts(journal):
             super().__init__(self_addr, partner_addrs, conf, transportClass=DurableTransport)
+        # a journal truncated up to the cold HWM starts at its anchor entry, which (like
+        # everything before it) the engine has applied: resume applying after it
+        # (pysyncobj assumes a journal starting at index 1 unless it loads a dump)
+        if len(journal) and journal[0][1] > self._SyncObj__raftLastApplied:
+            self._SyncObj__raftLastApplied = journal[0][1]
+        self._truncate_to = 0
         transport = self._SyncObj__transport
         self.addOnTickCallback(transport.flush_durable)
+        self.addOnTickCallback(self._truncate_journal)
         self._deliver = transport._onMessageReceivedCallback
         transport.setOnMessageReceivedCallback(self._on_message)
 
@@ -171,6 +178,29 @@ class RaftMember(SyncObj):
                 next_index[node] = before
             return
         self._deliver(node, message)
+
+    def request_truncation(self, lsn: int) -> None:
+        """Drop journal entries below `lsn` (which stays, as the anchor whose term
+        the next append is checked against). The caller guarantees that `lsn` is in
+        cold storage and applied by every member that may still need the entries;
+        done on the Raft thread at its next tick."""
+        if lsn > self._truncate_to:
+            self._truncate_to = lsn
+
+    def _truncate_journal(self) -> None:
+        journal = self.tidestore_journal
+        if not len(journal):
+            return
+        target = min(self._truncate_to, self._SyncObj__raftLastApplied, self._SyncObj__raftCommitIndex)
+        if target > journal[0][1]:
+            self._SyncObj__deleteEntriesTo(target)
+
+    @property
+    def lwm(self) -> int:
+        """The low-water mark: the highest index no longer in the journal (its first
+        entry, the anchor, is the one after it; 0 when nothing was truncated)."""
+        journal = self.tidestore_journal
+        return journal[0][1] - 1 if len(journal) else 0
 
     @replicated
     def apply_entry(self, payload: bytes):

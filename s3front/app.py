@@ -15,11 +15,13 @@ from aiohttp import web
 
 from engine.errors import ChunkMissing
 from raftlog import LogUnavailable
+from tiering.errors import ColdChunkUnavailable, ColdLagExceeded
 
 from . import ops_buckets, ops_listing, ops_multipart, ops_objects, sigv2
 from .conditions import NotModified
 from .context import Ctx
 from .errors import S3Error, error_xml
+from .metrics import metrics_endpoint
 from .routing import resolve, split_target, vhost_bucket
 from .sigv4 import split_raw_target, verify_request
 
@@ -64,6 +66,7 @@ def make_app(node) -> web.Application:
     # operator endpoints: "_" cannot start a bucket name, so no S3 path is shadowed
     app.router.add_get("/_tidestore/status", group_status)
     app.router.add_get("/_tidestore/health", health)
+    app.router.add_get("/_tidestore/metrics", metrics_endpoint(node))
     app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)
     return app
 
@@ -116,8 +119,15 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         response = web.Response(status=304, headers=getattr(nm, "headers", None) or {})
     except S3Error as err:
         response = error_response(err, request_id, request)
+    except ColdLagExceeded as exc:
+        response = error_response(S3Error.of("SlowDown", f"Please reduce your request rate: {exc}"),
+                                  request_id, request)
     except LogUnavailable as exc:
         response = error_response(S3Error.of("ServiceUnavailable", str(exc)), request_id, request)
+    except ColdChunkUnavailable as exc:
+        log.error("cold read failed: %s", exc)
+        response = error_response(S3Error.of("ServiceUnavailable", "The data cannot be read from cold storage right now; retry."),
+                                  request_id, request)
     except ChunkMissing:  # a replica still filling in chunks it missed while down
         response = error_response(S3Error.of("ServiceUnavailable", "This replica does not hold the data yet; retry."),
                                   request_id, request)

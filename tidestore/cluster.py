@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 FILL_INTERVAL_S = 1.0
 FILL_BATCH = 64
+WATCH_INTERVAL_S = 2.0
 
 
 class Cluster:
@@ -59,6 +60,11 @@ class Cluster:
         self._filler: asyncio.Task | None = None
         self.filled = 0
         self.fetched_for_reads = 0
+        self.extra_status = dict  # the node adds its cold tier's state (HWM, LWM)
+        # the applied LSN each peer last reported: the Raft journal keeps every entry a
+        # member may still need, so it is truncated no further than the lowest of them
+        self.peer_applied: dict[str, int] = {}
+        self._watcher: asyncio.Task | None = None
 
     async def start(self) -> None:
         host, port = split_listen(self.config.control_listen)
@@ -76,6 +82,25 @@ class Cluster:
                                node_id=self.node_id, loop=asyncio.get_running_loop(),
                                max_idle=64)  # one pooled connection per concurrent upload
         self._filler = asyncio.ensure_future(self._fill_missing_forever())
+        self._watcher = asyncio.ensure_future(self._watch_peers_forever())
+
+    def is_leader(self) -> bool:
+        return self.log.raft._isLeader()
+
+    def truncate_journal(self, hwm: int) -> None:
+        """LWM = HWM, held back by any member that has not applied that far (or has
+        not reported yet): it would otherwise need a snapshot to catch up. A member
+        that stays down therefore pins the journal; `tidestore status` shows it."""
+        if any(mid not in self.peer_applied for mid in self.peer_ids):
+            return
+        floor = min(hwm, self.log.applied_lsn, *self.peer_applied.values())
+        if floor > 0:
+            self.log.truncate_to(floor)
+
+    async def _watch_peers_forever(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            await self.group_status()
 
     # ---- writes ---------------------------------------------------------------
     def replicate(self, txn: bytes, chunk_id: bytes, data) -> None:
@@ -148,6 +173,7 @@ class Cluster:
         stats = self.engine.stats()
         st.update(s3=self.config.listen, missing_chunks=stats.get("missing_chunks", 0),
                   chunks_filled=self.filled, healthy=True, time=time.time())
+        st.update(self.extra_status())
         return st
 
     async def _handle_status(self, _params: dict) -> dict:
@@ -162,11 +188,15 @@ class Cluster:
                 return {"node_id": mid, "s3": self.members[mid]["listen"], "healthy": False,
                         "error": str(exc) or type(exc).__name__}
         others = await asyncio.gather(*(one(mid) for mid in self.peer_ids))
+        for mid, st in zip(self.peer_ids, others):
+            if st.get("healthy") and isinstance(st.get("applied_lsn"), int):
+                self.peer_applied[mid] = st["applied_lsn"]
         return [self.local_status(), *others]
 
     async def close(self) -> None:
-        if self._filler is not None:
-            self._filler.cancel()
+        for task in (self._filler, self._watcher):
+            if task is not None:
+                task.cancel()
         for txn in list(self.uploads):
             self.finished(txn, committed=False)
         await self.log.close()

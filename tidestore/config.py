@@ -29,6 +29,7 @@ class NodeConfig:
     virtual_host_domains: list = field(default_factory=lambda: ["localhost"])
     drain_timeout_s: float = 30.0
     engine: dict = field(default_factory=dict)  # EngineConfig overrides
+    cold: dict = field(default_factory=dict)  # the [cold] table: tiering.cold_config.ColdConfig
     # ---- a 3-node group (all empty: a single node) ----
     node_id: str = ""  # this node's name in the group
     raft_listen: str = ""  # HOST:PORT for Raft (pysyncobj), as the peers reach it
@@ -85,6 +86,13 @@ def load(path: str | None = None, **overrides) -> NodeConfig:
     if env_secret and not overrides.get("cluster_secret"):
         values["cluster_secret"] = env_secret
     config = NodeConfig(**values)
+    from tiering.cold_config import ColdConfig
+
+    cold = ColdConfig.from_dict(config.cold)  # check it now: a bad [cold] table stops the start
+    if config.clustered and cold.enabled and not cold.stores:
+        raise ValueError("a group member needs [cold] stores = [...]: the same shard stores on "
+                         "every member (s3:// buckets, or directories all members can reach), "
+                         "or [cold] enabled = false")
     if config.clustered:
         check_cluster(config)
     return config

@@ -3,7 +3,7 @@
 Each node is a `tidestore serve --config DIR/<id>/node.toml` child process, exactly as
 on three machines. The group's layout (ports, cluster secret, S3 credentials) is
 written once to DIR/cluster.json and reused on restart, so the same directory comes
-back with its data. Ports: S3 on PORT+i; Raft, data and control on PORT+100+i,
+back with its data. The group's cold tier is six directories under DIR/cold. Ports: S3 on PORT+i; Raft, data and control on PORT+100+i,
 PORT+200+i, PORT+300+i.
 """
 
@@ -62,6 +62,10 @@ def node_toml(group: dict, me: dict, data_dir: str) -> str:
              f"control_listen = {q(me['control'])}",
              f"cluster_secret = {q(group['cluster_secret'])}",
              f"access_key = {q(group['access_key'])}", f"secret_key = {q(group['secret_key'])}", ""]
+    # one cold tier for the group (every member reads what the leader ships): six
+    # drives under DIR/cold, shared by the nodes as six buckets would be
+    lines += ["[cold]", "stores = [" + ", ".join(
+        q(f"file://{os.path.join(data_dir, 'cold', f'drive-{i}')}") for i in range(6)) + "]", ""]
     for peer in group["nodes"]:
         if peer["id"] == me["id"]:
             continue

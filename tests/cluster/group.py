@@ -59,6 +59,8 @@ class Member:
                  f"cluster_secret = {_q(self.group.cluster_secret)}",
                  f"access_key = {_q(ACCESS_KEY)}", f"secret_key = {_q(SECRET_KEY)}",
                  "commit_timeout_s = 4.0", "barrier_timeout_s = 3.0", "quorum_timeout_s = 6.0", ""]
+        lines += ["[engine]"] + [f"{k} = {_q(v)}" for k, v in self.group.engine.items()] + [""]
+        lines += ["[cold]"] + [f"{k} = {_q(v)}" for k, v in self.group.cold.items()] + [""]
         for peer in self.group.members:
             if peer is self:
                 continue
@@ -118,14 +120,20 @@ class Member:
         with urllib.request.urlopen(self.endpoint + "/_tidestore/status", timeout=timeout) as r:
             return json.load(r)["members"]
 
-    def own_status(self) -> dict:
-        return self.status()[0]
+    def own_status(self, timeout: float = 5.0) -> dict:
+        return self.status(timeout)[0]
 
 
 class Group:
-    def __init__(self, root: str, size: int = 3):
+    def __init__(self, root: str, size: int = 3, cold: dict | None = None,
+                 engine: dict | None = None):
+        """`cold`: the members' [cold] table; by default one shared set of six
+        directories under root/cold, as a group must share its cold stores.
+        `engine`: the members' [engine] table."""
         self.root = root
+        self.engine = dict(engine or {})
         self.cluster_secret = CLUSTER_SECRET
+        self.cold = {"stores": [f"file://{root}/cold/drive-{i}" for i in range(6)], **(cold or {})}
         self.members = [Member(self, f"n{i + 1}", os.path.join(root, f"n{i + 1}")) for i in range(size)]
         self.links: dict = {}
         for a in self.members:

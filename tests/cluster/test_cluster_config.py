@@ -16,6 +16,10 @@ control_listen = "127.0.0.1:9300"
 cluster_secret = "s"
 access_key = "AK"
 secret_key = "SK"
+[cold]
+stores = ["file:///srv/cold/a", "file:///srv/cold/b", "file:///srv/cold/c"]
+k = 2
+m = 1
 [[peers]]
 id = "n2"
 raft = "127.0.0.1:9101"
@@ -43,6 +47,11 @@ def test_a_complete_member_config_loads(tmp_path):
     (('id = "n2"', 'id = "n1"'), "appears twice"),
     (('raft = "127.0.0.1:9101"', 'raft = "nowhere"'), "HOST:PORT"),
     (('id = "n2"', 'id = "n2"\nzone = "a"'), "needs id, raft, data, control"),
+    (('stores = ["file:///srv/cold/a", "file:///srv/cold/b", "file:///srv/cold/c"]\n', ""),
+     "needs [cold] stores"),
+    (("m = 1", "m = 0"), "bad parameters"),
+    (("m = 1", "m = 1\nhot_budgett = 5"), "unknown [cold] keys: hot_budgett"),
+    (('"file:///srv/cold/c"', '"ftp://x"'), "is not file://DIR or s3://"),
 ])
 def test_a_broken_member_config_is_refused_with_a_reason(tmp_path, change, message):
     old, new = change

@@ -104,11 +104,12 @@ def test_status_reports_every_member(group):
     for m in members:
         assert m["healthy"] and m["commit_lsn"] >= m["applied_lsn"] > 0
         assert m["lag"] == m["commit_lsn"] - m["applied_lsn"]
+        assert 0 <= m["lwm"] <= m["hwm"] <= m["applied_lsn"]
     human = subprocess.run([sys.executable, "-m", "tidestore", "status", "--endpoint",
                             group[2].endpoint], capture_output=True, text=True, env=env, timeout=30)
     assert human.returncode == 0
     lines = human.stdout.strip().splitlines()
-    assert lines[0].split()[:6] == ["NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"]
+    assert lines[0].split()[:8] == ["NODE", "ROLE", "TERM", "LWM", "HWM", "COMMIT", "APPLIED", "LAG"]
     assert len(lines) == 4 and "leader" in human.stdout
 
 

@@ -1,0 +1,125 @@
+"""A node's cold tier: the shipper (when this node leads), cold reads, hot-tier
+eviction, the lag bound that turns writes away with SlowDown, and the Raft log's
+truncation up to the HWM.
+
+The pieces live in `tiering/`; this module wires them to one engine and one log and
+runs the periodic work on one maintenance thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from engine import Engine
+from tiering.chunk_cache import ChunkCache
+from tiering.cold_config import ColdConfig
+from tiering.cold_reader import ColdReader
+from tiering.errors import ColdLagExceeded
+from tiering.shipper import Shipper
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL_S = 1.0
+
+
+class ColdTier:
+    def __init__(self, config: ColdConfig, engine: Engine, data_dir: str, *,
+                 propose, is_leader, fetch=None, truncate=None):
+        """`propose(entry)` commits an entry from a non-loop thread (blocking);
+        `fetch(chunk_id)` gets a chunk this node lacks from a peer (blocking);
+        `truncate(hwm)` lets the log drop what cold storage now holds."""
+        self.config = config
+        self.engine = engine
+        self.stores = config.open_stores(data_dir)
+        self.store_urls = config.store_urls(data_dir)
+        self.cache = ChunkCache(os.path.join(data_dir, "cold-cache"), config.cache_bytes)
+        self.reader = ColdReader(engine, self.stores, self.cache)
+        self.shipper = Shipper(engine, config, self.stores, os.path.join(data_dir, "ship"),
+                               propose=propose, is_leader=is_leader, fetch=fetch)
+        self.truncate = truncate
+        self.evicted_segments = 0
+        self.evicted_bytes = 0
+        self.slowdowns = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_evict_error: str | None = None
+
+    def start(self) -> None:
+        self.shipper.start()
+        self._thread = threading.Thread(target=self._maintain, name="cold-maintenance",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.shipper.stop()
+        if self._thread is not None:
+            self._thread.join()
+
+    # ---- reads --------------------------------------------------------------------
+    def holds(self, chunk_id: bytes) -> bool:
+        return self.reader.holds(chunk_id)
+
+    def read_chunk(self, chunk_id: bytes) -> bytes:
+        """Blocking: the whole chunk from the cache or cold storage, verified."""
+        return self.reader.read_chunk(chunk_id)
+
+    # ---- the lag bound ---------------------------------------------------------------
+    def lag(self) -> tuple[int, int]:
+        """(entries, bytes) above the HWM on this node."""
+        return (max(0, self.engine.applied_lsn - self.engine.cold_hwm),
+                self.engine.unshipped_bytes())
+
+    def check_backpressure(self) -> None:
+        entries, nbytes = self.lag()
+        cfg = self.config
+        if entries > cfg.max_lag_entries or nbytes > cfg.max_lag_bytes:
+            self.slowdowns += 1
+            self.shipper.nudge()
+            why = self.shipper.state.last_error or "shipping is behind"
+            raise ColdLagExceeded(
+                f"{entries} entries / {nbytes} bytes are not in cold storage yet (bounds "
+                f"{cfg.max_lag_entries} / {cfg.max_lag_bytes}): {why}")
+
+    # ---- periodic work ------------------------------------------------------------------
+    def _maintain(self) -> None:
+        while not self._stop.wait(MAINTENANCE_INTERVAL_S):
+            try:
+                self.maintain_once()
+            except Exception as exc:  # noqa: BLE001 - report in status, keep going
+                self._last_evict_error = f"{type(exc).__name__}: {exc}"
+                log.exception("cold tier maintenance failed")
+
+    def maintain_once(self) -> None:
+        budget = self.config.hot_budget
+        if budget and self.engine.hot_bytes() > budget:
+            # eviction only takes segments behind the checkpoint's redo point
+            self.engine.checkpoint()
+            report = self.engine.evict(budget)
+            self.evicted_segments += report.segments_evicted
+            self.evicted_bytes += report.bytes_freed
+        if self.truncate is not None:
+            self.truncate(self.engine.cold_hwm)
+
+    def status(self) -> dict:
+        entries, nbytes = self.lag()
+        return {
+            "hwm": self.engine.cold_hwm,
+            # the last entry that is not the cold tier's own bookkeeping: once the HWM
+            # reaches it, everything written so far is in cold storage
+            "data_lsn": self.engine.last_data_lsn,
+            "lag_entries": entries, "lag_bytes": nbytes,
+            "max_lag_entries": self.config.max_lag_entries,
+            "max_lag_bytes": self.config.max_lag_bytes,
+            "slowdown": entries > self.config.max_lag_entries or nbytes > self.config.max_lag_bytes,
+            "hot_bytes": self.engine.hot_bytes(), "hot_budget": self.config.hot_budget,
+            "evicted_segments": self.evicted_segments, "evicted_bytes": self.evicted_bytes,
+            "cold_reads": self.reader.reads, "cold_read_bytes": self.reader.bytes_read,
+            "cache": self.cache.stats(), "shipper": self.shipper.status(),
+            "slowdowns": self.slowdowns, "stores": len(self.store_urls),
+            "k": self.config.k, "m": self.config.m,
+            "maintenance_error": self._last_evict_error, "time": time.time(),
+        }
