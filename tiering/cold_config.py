@@ -36,6 +36,9 @@ class ColdConfig:
     seal_age_s: float = 30.0
     ship_interval_s: float = 1.0  # how often the shipper looks for work
     retry_max_s: float = 30.0  # shipping backoff cap after failures
+    # ship a catalog checkpoint every this many segments (0: never), so a rebuild from
+    # cold storage replays only the segments after the latest one
+    checkpoint_segments: int = 16
     # the hot tier: WAL bytes a node keeps on disk before evicting segments whose live
     # chunks are all in cold storage (0: never evict)
     hot_budget: int = 8 << 30
@@ -61,8 +64,8 @@ class ColdConfig:
                 raise ValueError(f"[cold] stores: {url!r} is not file://DIR or s3://bucket/prefix")
         if self.segment_bytes <= 0 or self.seal_age_s <= 0 or self.ship_interval_s <= 0:
             raise ValueError("[cold] segment_bytes, seal_age_s and ship_interval_s must be positive")
-        if self.hot_budget < 0 or self.cache_bytes < 0:
-            raise ValueError("[cold] hot_budget and cache_bytes must be >= 0")
+        if self.hot_budget < 0 or self.cache_bytes < 0 or self.checkpoint_segments < 0:
+            raise ValueError("[cold] hot_budget, cache_bytes and checkpoint_segments must be >= 0")
         if self.max_lag_bytes <= 0 or self.max_lag_entries <= 0:
             raise ValueError("[cold] max_lag_bytes and max_lag_entries must be positive")
 

@@ -29,6 +29,7 @@ from typing import Callable
 from engine.applied_scan import AppliedRangeUnavailable
 from engine.entries import SegmentShipped
 
+from . import catalog_checkpoint
 from .cold_config import ColdConfig
 from .erasure import HEADER as SHARD_HEADER
 from .erasure import ShardHeader
@@ -44,8 +45,8 @@ def segment_id(lsn_lo: int, lsn_hi: int) -> str:
     return f"{lsn_lo:016x}-{lsn_hi:016x}"
 
 
-def shard_name(seg_id: str, index: int) -> str:
-    return f"segments/{seg_id}/shard-{index:02d}"
+def shard_name(seg_id: str, index: int, kind: str = "segments") -> str:
+    return f"{kind}/{seg_id}/shard-{index:02d}"
 
 
 class ShippingFailed(Exception):
@@ -62,6 +63,7 @@ class ShipperState:
     failures: int = 0  # consecutive
     retry_at: float = 0.0
     history: list = field(default_factory=list)  # recent shipments, newest last
+    last_checkpoint: dict | None = None
 
 
 class Shipper:
@@ -77,13 +79,15 @@ class Shipper:
         self.is_leader = is_leader
         self.fetch = fetch
         self.state = ShipperState()
+        self._since_checkpoint = 0  # segments shipped since the last catalog checkpoint
+        self._pending_checkpoint: dict | None = None  # stored, waiting for the HWM to reach it
         self._waiting_since: float | None = None  # first seen something above the HWM
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         os.makedirs(work_dir, exist_ok=True)
         for name in os.listdir(work_dir):  # a shipment interrupted by a crash
-            if name.endswith(".seg.tmp"):
+            if name.endswith(".tmp"):
                 os.unlink(os.path.join(work_dir, name))
 
     # ---- running ------------------------------------------------------------------
@@ -139,6 +143,7 @@ class Shipper:
                 return False
             st.state = "shipping"
             self.ship(hwm + 1, plan.lsn_hi)
+            self._maybe_checkpoint()
         except Exception as exc:  # noqa: BLE001 - cold storage trouble: back off, retry
             st.failures += 1
             backoff = min(self.config.retry_max_s, 0.5 * 2 ** min(st.failures, 10))
@@ -179,10 +184,18 @@ class Shipper:
             # [store index, shard name, shard size, shard sha256]
             "shards": shards,
         }
+        checkpoint = self._pending_checkpoint
+        if checkpoint is not None and checkpoint["lsn"] <= lsn_hi:
+            locations["checkpoint"] = checkpoint  # usable from this HWM on
         result = self.propose(SegmentShipped(lsn_lo, lsn_hi, locations))
         error = getattr(result, "error", None)
         if error and error != "SegmentOutOfOrder":
             raise ShippingFailed(f"SegmentShipped [{lsn_lo}, {lsn_hi}] was refused: {error}")
+        if not error:
+            self._since_checkpoint += 1
+            if "checkpoint" in locations:
+                self._pending_checkpoint = None
+                self.state.last_checkpoint = checkpoint
         done = time.perf_counter()
         st = self.state
         st.segments_shipped += 0 if error else 1
@@ -198,10 +211,39 @@ class Shipper:
                  info.size, info.chunk_count, done - t0, " (already shipped)" if error else "")
         return locations
 
-    def _store_shards(self, seg_id: str, path: str) -> list:
+    def _maybe_checkpoint(self) -> None:
+        """Every `checkpoint_segments` segments, ship the catalog too. A failure here
+        only delays the checkpoint: shipping segments does not depend on it."""
+        every = self.config.checkpoint_segments
+        if not every or self._pending_checkpoint is not None or self._since_checkpoint < every:
+            return
+        try:
+            self._pending_checkpoint = self.ship_checkpoint()
+            self._since_checkpoint = 0
+        except Exception as exc:  # noqa: BLE001 - retried after the next segment
+            log.warning("cold shipper: catalog checkpoint failed: %s", exc)
+
+    def ship_checkpoint(self) -> dict:
+        """Store a catalog checkpoint; returns its locations (recorded by the next
+        SegmentShipped that reaches its LSN)."""
+        cfg = self.config
+        path, lsn, raw_size, sha = catalog_checkpoint.snapshot(self.engine, self.work_dir,
+                                                               cfg.zstd_level)
+        try:
+            ckpt_id = f"{lsn:016x}"
+            shards = self._store_shards(ckpt_id, path, kind="checkpoints")
+            size = os.path.getsize(path)
+        finally:
+            os.unlink(path)
+        log.info("cold shipper: catalog checkpoint at LSN %d: %d bytes (%d raw)", lsn, size, raw_size)
+        return {"id": ckpt_id, "format": catalog_checkpoint.FORMAT, "lsn": lsn, "size": size,
+                "raw_size": raw_size, "sha256": sha, "k": cfg.k, "m": cfg.m,
+                "ec_type": cfg.ec_type, "stripe_size": cfg.stripe_size, "shards": shards}
+
+    def _store_shards(self, seg_id: str, path: str, kind: str = "segments") -> list:
         cfg = self.config
         n = len(self.stores)
-        names = [shard_name(seg_id, i) for i in range(cfg.k + cfg.m)]
+        names = [shard_name(seg_id, i, kind) for i in range(cfg.k + cfg.m)]
         writers = []
         try:
             for i, name in enumerate(names):
@@ -239,4 +281,5 @@ class Shipper:
         return {"state": st.state, "segments_shipped": st.segments_shipped,
                 "bytes_shipped": st.bytes_shipped, "last_segment": st.last_segment,
                 "last_error": st.last_error, "failures": st.failures,
+                "last_checkpoint_lsn": (st.last_checkpoint or {}).get("lsn"),
                 "retry_in_s": max(0.0, round(st.retry_at - time.monotonic(), 1)) if st.retry_at else 0.0}

@@ -201,3 +201,39 @@ def test_only_cold_bookkeeping_above_the_hwm_is_not_shipped_again(setup):
     assert engine.cold_hwm == log.lsn - 1  # the SegmentShipped entry is above it
     assert not shipper.step() and shipper.state.state == "idle"
     assert shipper.state.segments_shipped == 1
+
+
+def test_a_catalog_checkpoint_ships_and_restores_from_any_k_shards(tmp_path):
+    engine = Engine(str(tmp_path / "engine"), segment_size=MiB, maintenance_interval_s=0,
+                    ship_retention=True)
+    config = ColdConfig(stores=[f"file://{tmp_path}/cold/d{i}" for i in range(6)],
+                        segment_bytes=2 * MiB, seal_age_s=0.0, checkpoint_segments=1)
+    stores = config.open_stores(str(tmp_path))
+    log = Log(engine)
+    log.propose(E.CreateBucket("b", 1))
+    shipper = Shipper(engine, config, stores, str(tmp_path / "ship"), propose=log.propose)
+    try:
+        first = objects(log, 3, 50_000, tag="a")
+        assert shipper.step()  # ships, then checkpoints the catalog as of its own entry
+        pending = shipper._pending_checkpoint
+        assert pending is not None and pending["lsn"] == log.lsn
+        etags = {k: engine.head_object("b", k).etag for k in first}
+        objects(log, 2, 50_000, tag="later")  # not in the checkpoint
+        assert shipper.step()
+        recorded = engine.cold_segment_for(engine.cold_hwm)["locations"]["checkpoint"]
+        assert recorded["lsn"] == pending["lsn"] <= engine.cold_hwm
+        assert shipper.status()["last_checkpoint_lsn"] == recorded["lsn"]
+        for drive in (1, 4):  # any two shards may be lost
+            os.unlink(f"{tmp_path}/cold/d{drive}/{shard_name(recorded['id'], drive, 'checkpoints')}")
+        from engine.catalog import Catalog
+        from tiering.catalog_checkpoint import restore
+
+        assert restore(recorded, stores, str(tmp_path / "restored")) == recorded["lsn"]
+        cat = Catalog(str(tmp_path / "restored"))
+        with cat.read() as t:
+            assert t.meta("applied_lsn") == recorded["lsn"]
+            assert {k: t.object("b", k)["etag"] for k in first} == etags
+            assert t.object("b", "later0") is None
+        cat.close()
+    finally:
+        engine.close()
