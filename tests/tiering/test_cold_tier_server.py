@@ -108,6 +108,18 @@ def test_writes_beyond_the_hot_budget_ship_evict_and_read_back(cold_dir_server, 
     # a range of an evicted object reads only what it needs, and is right
     got = s3.get_object(Bucket="cold", Key="obj/0001", Range="bytes=1000-70999")["Body"].read()
     assert got == written["obj/0001"][1000:71000]
+    # a range of a large cold object fetches only the chunks in range: 9 MiB is three
+    # 4 MiB chunks; the middle of the second needs one chunk from the shards
+    big = body(999, 9 * MiB)
+    s3.put_object(Bucket="cold", Key="big", Body=big)
+    written_more = write_objects(s3, "cold", 16, 256 << 10, prefix="push")  # evict "big"
+    settle(srv, min_evicted=st["cold"]["evicted_segments"] + 1)
+    before = status(srv)["cold"]["cold_reads"]
+    got = s3.get_object(Bucket="cold", Key="big", Range=f"bytes={5 * MiB}-{6 * MiB - 1}")["Body"].read()
+    assert got == big[5 * MiB:6 * MiB]
+    assert status(srv)["cold"]["cold_reads"] == before + 1
+    assert s3.get_object(Bucket="cold", Key="big")["Body"].read() == big
+    read_all_back(s3, "cold", written_more)
     # listing and deleting cold objects
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="cold", Prefix="obj/")["Contents"]]
     assert keys == sorted(k for k in written if k.startswith("obj/"))
