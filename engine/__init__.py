@@ -10,6 +10,7 @@ evicted); see STORAGE_ENGINE_PLAN.md.
 
 from . import entries
 from .cold_catalog import ChunkInfo
+from .compaction import CompactReport
 from .config import EngineConfig
 from .engine import ChunkRef, Engine, ObjectInfo, ObjectReader, SegmentUsage
 from .eviction import EvictReport
@@ -18,7 +19,8 @@ from .recovery import RecoveryReport
 from .state_machine import ApplyResult
 
 __all__ = [
-    "ApplyResult", "ChunkCorrupt", "ChunkInfo", "ChunkMissing", "ChunkRef", "Engine",
+    "ApplyResult", "ChunkCorrupt", "ChunkInfo", "ChunkMissing", "ChunkRef", "CompactReport",
+    "Engine",
     "EngineClosed", "EngineConfig", "EngineError", "EvictReport", "ObjectInfo", "ObjectReader",
     "RecoveryReport",
     "SegmentUsage", "UnknownTransaction", "WalCorruption", "entries",

@@ -370,6 +370,9 @@ class CatalogTxn:
         self._put("cold_segments", _U64.pack(last),
                   {"first": first, "last": last, "locations": locations})
 
+    def delete_cold_segment(self, last: int) -> None:
+        self._delete("cold_segments", _U64.pack(last))
+
     def cold_segment_for(self, lsn: int) -> dict | None:
         """The cold segment whose [first, last] holds lsn: the first row keyed at or
         after lsn (one cursor seek), if its range starts at or before lsn."""

@@ -28,3 +28,10 @@ class EngineConfig:
     # Cold tier: reclaim also keeps every WAL segment the shipper still needs (its
     # max_raft is above the cold HWM). False: no cold tier, reclaim as before.
     ship_retention: bool = False
+    # Compaction (engine/compaction.py): after a maintenance checkpoint, sealed segments
+    # whose live chunks take at most this fraction of the file have them copied to the
+    # log's end, so that reclaim can delete the segment. 0 disables it.
+    compact_live_ratio: float = 0.5
+    # live bytes copied per maintenance pass at most (a pass cut short is continued at
+    # the next tick: a backlog drains at up to this much per maintenance_interval_s)
+    compact_max_bytes: int = 256 << 20

@@ -24,6 +24,7 @@ from .buffer_pool import BufferPool
 from .catalog import COLD, MISSING, Catalog, CatalogTxn, max_key_bytes
 from .checkpoint import CheckpointData, write_master
 from .cold_catalog import ChunkInfo, chunk_info as _chunk_info
+from .compaction import CompactReport, candidates as _compaction_candidates, compact as _compact
 from .config import EngineConfig
 from .errors import ChunkCorrupt, ChunkMissing, EngineClosed, UnknownTransaction
 from .eviction import EvictReport, evict as _evict
@@ -36,6 +37,7 @@ from .log_records import (
     ClrRecord,
     EndRecord,
     FillRecord,
+    RelocateRecord,
     chunk_prefix,
 )
 from .recovery import RecoveryReport, recover
@@ -123,6 +125,9 @@ class Engine:
         self._unpublished: deque = deque()
         self._pins_lock = threading.Lock()
         self._filling: dict[bytes, Pending] = {}  # chunk id -> its fill in flight
+        self._compact_lock = threading.Lock()  # one compaction pass at a time
+        self._compact_more = False  # the last maintenance pass stopped at its byte bound
+        self._compacted: Counter = Counter()  # since open: segments, bytes copied, freed
         self._applied_lsn = 0
         self._catalog_wal_lsn = 0
         self._cold_hwm = 0  # as published; _staged: set by a change not yet committed
@@ -290,8 +295,9 @@ class Engine:
                     del self._filling[chunk_id]
 
     def _write_fill_chunk(self, chunk_id: bytes, data) -> tuple[bytes, ChunkRef]:
-        """Step 1 of a fill (caller holds the log lock): the CHUNK record, under a fresh
-        internal transaction. Without its FILL it is a loser and gets rolled back."""
+        """Step 1 of a fill or a relocation (caller holds the log lock): the CHUNK
+        record, under a fresh internal transaction. Without its FILL or RELOCATE it is
+        a loser and gets rolled back."""
         txn_id = os.urandom(TXN_ID_LEN)
         ms = int(time.time() * 1000)
         lsn, end = self.wal.append(RecordType.CHUNK, [chunk_prefix(txn_id, chunk_id, ms), data])
@@ -311,6 +317,58 @@ class Engine:
     def _fill_to_catalog(self, t: CatalogTxn, record: FillRecord) -> bool:
         return StateMachine(t, self.wal.segment_of, None).fill(
             record.chunk_id, record.chunk_lsn, record.size)
+
+    # ---- compaction: live chunks of mostly dead segments copied forward -----------------
+    def compact(self, max_live_ratio: float = 0.5, max_bytes: int | None = None) -> CompactReport:
+        """Copy the live chunks of sealed segments that are at most max_live_ratio live
+        (by bytes) to the log's end, oldest segment first, until max_bytes of live data
+        is taken (None: no bound); then, once every move is published, checkpoint, so
+        that reclaim deletes the emptied segments. Writers and readers keep going.
+        Rules, records and crash safety: engine/compaction.py."""
+        self._check_open()
+        return _compact(self, max_live_ratio, max_bytes)
+
+    def _relocate_chunk(self, chunk_id: bytes, old_lsn: int, data) -> tuple[Pending, int]:
+        """Move one live chunk (its verified bytes `data`, read at old_lsn): a CHUNK
+        record under an internal transaction, then at once a RELOCATE that commits it.
+        Returns the RELOCATE's Pending (its result: whether the row moved) and the
+        bytes written for the copy."""
+        failure: BaseException | None = None
+        with self._lock:
+            self._check_open()
+            txn_id, ref = self._write_fill_chunk(chunk_id, data)
+            try:
+                pending = self._log_relocate(txn_id, ref, old_lsn)
+            except BaseException as exc:  # noqa: BLE001 - rolled back below
+                failure = exc
+        if failure is not None:  # the CHUNK is logged without its RELOCATE: roll it back
+            try:
+                self.abort(txn_id)
+            except Exception:  # noqa: BLE001 - recovery or the reaper will
+                pass
+            raise failure
+        return pending, ref.end - ref.lsn
+
+    def _log_relocate(self, txn_id: bytes, ref: ChunkRef, old_lsn: int) -> Pending:
+        """Step 2 of a relocation (caller holds the log lock): the RELOCATE record,
+        which commits the copy's transaction, and its catalog change queued."""
+        record = RelocateRecord(txn_id, ref.chunk_id, old_lsn, ref.lsn, ref.end - ref.lsn)
+        lsn, end = self.wal.append(RecordType.RELOCATE, [record.encode()])
+        self.txns.end(txn_id)
+        self._unpublished.append((lsn, ref.lsn))
+        return self._publisher.enqueue(
+            Pending(lsn, end, lambda t: self._relocate_to_catalog(t, record)))
+
+    def _relocate_to_catalog(self, t: CatalogTxn, record: RelocateRecord) -> bool:
+        return StateMachine(t, self.wal.segment_of, None).relocate(
+            record.chunk_id, record.old_lsn, record.new_lsn, record.size)
+
+    def _note_compaction(self, report: CompactReport) -> None:
+        with self._lock:
+            self._compacted["segments"] += report.segments_compacted
+            self._compacted["chunks"] += report.chunks_moved
+            self._compacted["bytes_copied"] += report.bytes_copied
+            self._compacted["bytes_freed"] += report.bytes_freed
 
     def scan_applied(self, lsn_lo: int, lsn_hi: int) -> Iterator[AppliedEntry]:
         """Entries applied here with log LSN in [lsn_lo, lsn_hi], with the chunks each
@@ -613,6 +671,11 @@ class Engine:
             if high > gone:  # durable before any of them goes (scan_applied's holes)
                 with self.catalog.write() as t:
                     t.set_meta("wal_gone_raft", high)
+            if candidates:
+                # the catalog state read above (nothing live there) may be newer than the
+                # checkpoint's sync: make it durable before any file goes, or a power
+                # loss could bring back a row pointing into a deleted segment, which
+                # redo would then touch (a release, a RELOCATE)
                 self.catalog.sync()
             freed = 0
             doomed = []
@@ -671,6 +734,17 @@ class Engine:
         with self.catalog.read() as t:
             return _chunk_info(t, chunk_id)
 
+    def live_chunk_intros(self, first: int, last: int) -> list[tuple[bytes, int]]:
+        """(chunk id, intro_lsn) of every referenced chunk introduced in [first, last]:
+        what cold compaction must keep of the segments covering that range. One pass
+        over the chunks table (no index by intro_lsn), in a read transaction."""
+        out = []
+        with self.catalog.read() as t:
+            for cid, row in t.chunks():
+                if first <= row[3] <= last and row[2] > 0:
+                    out.append((bytes(cid), row[3]))
+        return out
+
     def cold_segment_for(self, lsn: int) -> dict | None:
         """The shipped cold segment {first, last, locations} whose range holds log
         LSN lsn, or None."""
@@ -717,6 +791,10 @@ class Engine:
             "hot_bytes": self.hot_bytes(),
             "cold_segments": cold_segments,
             "cold_chunks": cold,
+            "compacted_segments": self._compacted["segments"],
+            "compacted_chunks": self._compacted["chunks"],
+            "compaction_bytes_copied": self._compacted["bytes_copied"],
+            "compaction_bytes_freed": self._compacted["bytes_freed"],
             "buffer_pool": self.pool.stats(),
         }
 
@@ -727,8 +805,18 @@ class Engine:
                 self.reap_expired()
                 grown = self.wal.bytes_appended - self._ckpt_at_bytes
                 due = time.monotonic() - self._ckpt_at_time >= cfg.checkpoint_interval_s
+                checkpointed = False
                 if grown >= cfg.checkpoint_bytes or (due and grown > 0):
                     self.checkpoint()
+                    checkpointed = True
+                # compaction after a checkpoint (which may have made segments eligible),
+                # or again at once while a backlog is left over from the last pass
+                if (cfg.compact_live_ratio > 0 and (checkpointed or self._compact_more)
+                        and _compaction_candidates(self, cfg.compact_live_ratio)):
+                    report = self.compact(cfg.compact_live_ratio, cfg.compact_max_bytes)
+                    self._compact_more = report.more
+                else:
+                    self._compact_more = False
             except Exception:  # noqa: BLE001 - keep maintaining; the next call reports
                 if self._closed:
                     return

@@ -155,6 +155,17 @@ class SegmentShipped(Entry):
 
 
 @dataclass(frozen=True)
+class SegmentsCompacted(Entry):
+    """Cold compaction: the shipped segments covering exactly [first, last] are
+    replaced by one segment (described by `locations`) holding their live chunks."""
+
+    OP: ClassVar[str] = "segments_compacted"
+    first_lsn: int
+    last_lsn: int
+    locations: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Noop(Entry):
     """An entry that changes nothing (a new Raft leader's first entry, barriers)."""
 

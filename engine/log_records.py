@@ -6,6 +6,7 @@
     END         msgpack [txn id, outcome]
     CHECKPOINT  checkpoint.CheckpointData
     FILL        msgpack [fill txn id, chunk id, chunk record lsn, its record size]
+    RELOCATE    msgpack [txn id, chunk id, old chunk record lsn, new one's lsn, record size]
 
 CHUNK data is raw, so that chunk bytes are written once (no double write) and read
 back in place at a fixed offset from the record's LSN.
@@ -100,3 +101,26 @@ class FillRecord:
     def decode(cls, data: bytes) -> "FillRecord":
         txn, cid, lsn, size = msgpack.unpackb(data, raw=False)
         return cls(bytes(txn), bytes(cid), lsn, size)
+
+
+@dataclass(slots=True)
+class RelocateRecord:
+    """Compaction: a live chunk copied from `old_lsn` to a new CHUNK record at `new_lsn`
+    (near the log's end) under an internal transaction `txn_id`; RELOCATE is that
+    transaction's commit. Its catalog effect: if the row still points at old_lsn, it
+    takes new_lsn (old copy dead, new copy live); otherwise the new copy is dead."""
+
+    txn_id: bytes
+    chunk_id: bytes
+    old_lsn: int
+    new_lsn: int
+    size: int
+
+    def encode(self) -> bytes:
+        return msgpack.packb([self.txn_id, self.chunk_id, self.old_lsn, self.new_lsn,
+                              self.size], use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "RelocateRecord":
+        txn, cid, old, new, size = msgpack.unpackb(data, raw=False)
+        return cls(bytes(txn), bytes(cid), old, new, size)

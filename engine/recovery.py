@@ -4,13 +4,18 @@ Analysis starts at the checkpoint the master record names, with that checkpoint'
 transaction table, and reads every record after it: chunks join their transaction,
 APPLY, FILL and END records end one, CLRs remove a compensated chunk. It finds the end of
 the log, cutting a torn tail; corruption anywhere else stops recovery with an error.
+RELOCATE records (compaction) end their transaction as FILL records do.
 
-Redo starts at the checkpoint's redo point and replays each APPLY, CLR and FILL record
-whose LSN is above the catalog's own `catalog_wal_lsn` (the pageLSN rule), so it is
-idempotent and safe to interrupt. A FILL (a chunk fetched from a peer, written as a
-CHUNK under an internal transaction that the FILL commits) fills its row only if the
-row is still MISSING at that point of the log; otherwise its bytes are dead. A fill's
-CHUNK without its FILL is a loser like any other, and undone.
+Redo starts at the checkpoint's redo point and replays each APPLY, CLR, FILL and
+RELOCATE record whose LSN is above the catalog's own `catalog_wal_lsn` (the pageLSN
+rule), so it is idempotent and safe to interrupt. A FILL (a chunk fetched from a peer,
+written as a CHUNK under an internal transaction that the FILL commits) fills its row
+only if the row is still MISSING at that point of the log; otherwise its bytes are
+dead. A fill's CHUNK without its FILL is a loser like any other, and undone. A RELOCATE (a live chunk
+copied forward by compaction, its copy written as a CHUNK under an internal
+transaction that the RELOCATE commits) moves its row only if the row still points at
+the old copy at that point of the log; otherwise the new copy is dead. A relocation's
+CHUNK without its RELOCATE is a loser too: the row stays where it was.
 
 Undo rolls back the losers, transactions with chunks but no commit, writing one CLR
 per chunk (newest first, each naming the next to undo) and an END. With a grace period
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoint import CheckpointData, read_master
 from .entries import decode_entry
-from .log_records import ApplyRecord, ClrRecord, EndRecord, FillRecord, parse_chunk
+from .log_records import ApplyRecord, ClrRecord, EndRecord, FillRecord, RelocateRecord, parse_chunk
 from .transactions import TxnTable
 from .wal_record import RecordType
 
@@ -34,7 +39,8 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 REDO_BATCH = 512  # records redone per LMDB transaction
-_REDONE = (RecordType.APPLY, RecordType.CLR, RecordType.FILL)  # records with a catalog effect
+# records with a catalog effect
+_REDONE = (RecordType.APPLY, RecordType.CLR, RecordType.FILL, RecordType.RELOCATE)
 
 
 @dataclass
@@ -99,6 +105,8 @@ def recover(engine: "Engine") -> RecoveryReport:
             txns.end(EndRecord.decode(rec.payload).txn_id)
         elif rtype == RecordType.FILL:
             txns.end(FillRecord.decode(rec.payload).txn_id)  # commits the fill's chunk
+        elif rtype == RecordType.RELOCATE:
+            txns.end(RelocateRecord.decode(rec.payload).txn_id)  # commits the new copy
         elif rtype == RecordType.CHECKPOINT:
             # a checkpoint whose master record was never written: its table is
             # what we already hold, since we scanned everything before it
@@ -159,6 +167,8 @@ def _redo_batch(engine: "Engine", records: list) -> None:
                 engine._apply_to_catalog(t, ar, decode_entry(ar.entry), rec.lsn)
             elif rec.rtype == RecordType.FILL:
                 engine._fill_to_catalog(t, FillRecord.decode(rec.payload))
+            elif rec.rtype == RecordType.RELOCATE:
+                engine._relocate_to_catalog(t, RelocateRecord.decode(rec.payload))
             else:
                 engine._clrs_to_catalog(t, [(rec.lsn, ClrRecord.decode(rec.payload))])
         t.set_meta_at_end("catalog_wal_lsn", records[-1].lsn)

@@ -11,14 +11,16 @@ drops to zero is deleted from the catalog and its bytes count as dead in its seg
 A transaction's chunk that nobody references (a duplicate, or an entry that failed)
 is dead at once. A referenced chunk this node does not hold is a MISSING row, listed
 in the `missing` table (kept in step here) until a FILL record or a later upload of
-the same bytes fills it, or its last reference goes.
+the same bytes fills it, or its last reference goes. A RELOCATE record (compaction)
+moves a hot row to a copy of its chunk nearer the log's end.
 
 Cold tier: a row remembers the log LSN of the entry that created it (intro_lsn, the
 same on every replica), and each WAL segment the highest log LSN that still needs it
 (max_raft: its APPLY records, noted by the engine; chunks an entry introduced there;
-a filled row's intro_lsn). A SegmentShipped entry advances the cold HWM by exactly one
-contiguous range and turns MISSING rows introduced in it COLD: read from cold storage
-instead of a peer. COLD rows (also made by eviction) are never filled again here.
+a filled or relocated row's intro_lsn). A SegmentShipped entry advances the cold HWM
+by exactly one contiguous range and turns MISSING rows introduced in it COLD: read
+from cold storage instead of a peer. COLD rows (also made by eviction) are never
+filled again here.
 """
 
 from __future__ import annotations
@@ -131,6 +133,27 @@ class StateMachine:
             t.remove_missing(cid)
             return True
         t.add_segment_bytes(self.segment_of(lsn), dead=size)
+        return False
+
+    def relocate(self, cid: bytes, old_lsn: int, new_lsn: int, size: int) -> bool:
+        """A RELOCATE record (compaction): the copy at `new_lsn` takes the row if the row
+        still points at `old_lsn` at this point of the log (same refs and intro_lsn; the
+        old copy's bytes become dead). Otherwise (released, moved again, turned COLD
+        meanwhile) the new copy is dead. Returns whether the row moved.
+
+        The new copy's segment is needed by the cold tier until the HWM passes the
+        row's intro_lsn (the shipper reads the chunk through the row), as for a fill:
+        every hot row's intro_lsn stays at or below its segment's max_raft."""
+        t = self.t
+        row = t.chunk(cid)
+        new_seg = self.segment_of(new_lsn)
+        if row is not None and row[0] == old_lsn:
+            t.put_chunk(cid, new_lsn, size, row[2], row[3])
+            t.add_segment_bytes(self.segment_of(old_lsn), live=-row[1], dead=row[1])
+            t.add_segment_bytes(new_seg, live=size)
+            t.note_segment_raft(new_seg, row[3])
+            return True
+        t.add_segment_bytes(new_seg, dead=size)
         return False
 
     def _release(self, chunks) -> None:
@@ -355,3 +378,19 @@ class StateMachine:
                 t.remove_missing(cid)
                 t.add_cold(cid)
         return ApplyResult(value={"cold_hwm": e.last_lsn})
+
+    def _segments_compacted(self, e: E.SegmentsCompacted):
+        """Cold compaction: the shipped rows covering exactly [first, last] (each
+        inside it, the first starting at `first`, the last ending at `last`, all below
+        the HWM) give way to one row for the rewritten segment. Anything else (a
+        stale plan: the rows changed meanwhile) is refused, and changes nothing."""
+        t = self.t
+        rows = t.cold_segments(e.first_lsn - 1, 1 << 30)
+        inside = [r for r in rows if r["last"] <= e.last_lsn]
+        if not (inside and inside[0]["first"] == e.first_lsn and inside[-1]["last"] == e.last_lsn
+                and e.last_lsn <= t.meta("cold_hwm", 0)):
+            return ApplyResult("SegmentRangeMismatch")
+        for r in inside:
+            t.delete_cold_segment(r["last"])
+        t.put_cold_segment(e.first_lsn, e.last_lsn, e.locations)
+        return ApplyResult(value={"replaced": len(inside)})

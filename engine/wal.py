@@ -219,6 +219,12 @@ class Wal:
             raise WalCorruption(segment_name(start), lsn, "CRC mismatch")
         return Record(lsn, h.rtype, payload)
 
+    def sealed_size(self, start: int) -> int | None:
+        """Bytes of a sealed segment (known since it was sealed or found at open: no
+        stat); None for the active segment or one not on disk."""
+        end = self._sealed_end.get(start)
+        return None if end is None else end - start
+
     def segment_size_on_disk(self, start: int) -> int:
         try:
             return os.path.getsize(self._path(start))

@@ -37,6 +37,7 @@ class RecordType(enum.IntEnum):
     END = 4  # a transaction is finished (committed by APPLY, or fully rolled back)
     CHECKPOINT = 5  # fuzzy checkpoint: redo point, active transactions, dirty pages
     FILL = 6  # a chunk fetched from a peer fills a MISSING catalog row (commits its CHUNK)
+    RELOCATE = 7  # compaction: a live chunk's copy takes its row (commits its CHUNK)
 
 
 def padded(n: int) -> int:

@@ -69,3 +69,36 @@ def downgrade_catalog(data_dir, fmt, drop_segment_rows=()):
         txn.put(b"format", pack(fmt), db=db["meta"])
     env.sync(True)
     env.close()
+
+
+def check_catalog(eng):
+    """The catalog's invariants: `missing` / `cold` are exactly the MISSING / COLD rows
+    (size 0); every row is referenced; live bytes per segment equal the sizes of the hot
+    rows located there, and dead bytes are never negative; a hot row points into a
+    segment on disk whose max_raft is at least the row's intro_lsn (the cold tier finds
+    the chunk there until the HWM passes it). Returns the chunk rows."""
+    from engine.catalog import COLD, MISSING
+
+    with eng.catalog.read() as t:
+        rows = dict(t.chunks())
+        missing = set(t.missing(1 << 30))
+        cold = {bytes(k) for k in t.cursor("cold").iternext(keys=True, values=False)}
+        segs = dict(t.segments())
+    assert all(len(r) == 4 and r[2] > 0 for r in rows.values())
+    assert missing == {c for c, r in rows.items() if r[0] == MISSING}
+    assert cold == {c for c, r in rows.items() if r[0] == COLD}
+    assert all(r[1] == 0 for r in rows.values() if r[0] < 0)
+    live = {}
+    for r in rows.values():
+        if r[0] >= 0:
+            seg = eng.wal.segment_of(r[0])
+            assert seg in eng.wal.segments
+            live[seg] = live.get(seg, 0) + r[1]
+            assert segs[seg][2] >= r[3], (seg, r)
+    for seg in set(live) | set(segs):
+        row = segs.get(seg, [0, 0, 0])
+        assert row[0] == live.get(seg, 0), seg
+        assert row[1] >= 0, seg
+    st = eng.stats()
+    assert st["missing_chunks"] == len(missing) and st["cold_chunks"] == len(cold)
+    return rows

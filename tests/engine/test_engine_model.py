@@ -5,12 +5,14 @@ left uncommitted, explicit aborts, run-time reaping, checkpoints, puts whose chu
 this node never received (MISSING, as on a replica that was down) and fills of them,
 cold tier: SegmentShipped entries (and refused duplicates) and eviction of shipped
 segments under a byte budget (evicted objects still exist; their chunks are COLD and
-reads say so). Crashes of two
+reads say so), compaction (live chunks of mostly dead segments copied forward, with
+CHUNK + RELOCATE records), whole or cut short by a crash after a copy's CHUNK or after
+its RELOCATE. Crashes of two
 kinds: a process crash (every written byte survives, as with kill -9) and a power-loss
 style crash in which the WAL loses everything past its durable point, cut at a random
 offset (so torn records appear), and the catalog falls back to its state at the last
-checkpoint or eviction (all that LMDB without per-commit sync promises; both sync the
-catalog). After every step, the
+checkpoint, eviction or compaction (all that LMDB without per-commit sync promises;
+each syncs the catalog). After every step, the
 store must equal the model: every committed object identical, nothing uncommitted
 visible, and the space accounting consistent with the catalog.
 """
@@ -27,6 +29,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from engine import ChunkMissing, Engine
 from engine import entries as E
 from engine.catalog import COLD, MISSING
+from engine.compaction import candidates, read_chunk_record
+from engine.eviction import _live_rows
 
 KEYS = st.sampled_from(["a", "b", "dir/c", "dir/d", "é", "zz", "L" * 400 + "1", "L" * 400 + "2/x"])  # the last two share a long-key group
 SIZES = st.sampled_from([0, 1, 100, 4096, 5000, 70000])
@@ -210,6 +214,42 @@ class EngineModel(RuleBasedStateMachine):
         self._snapshot_catalog()  # eviction synced the catalog before unlinking
         assert report.bytes_freed >= 0 and report.left_for_reclaim == 0
 
+    @rule(ratio=st.sampled_from([0.5, 1.0]), bound=st.sampled_from([None, 1]),
+          interrupt=st.sampled_from([None, None, "chunk", "relocate"]),
+          power=st.booleans(), cut=st.floats(0, 1), ship_first=st.booleans())
+    def compact(self, ratio, bound, interrupt, power, cut, ship_first):
+        """A compaction pass (it ends with a checkpoint that reclaims the emptied
+        segments); or one relocation cut short by a crash, after the copy's CHUNK
+        record or after its RELOCATE (published or not, durable or not). With ship
+        retention only shipped segments qualify, so the pass may ship first."""
+        if ship_first:
+            self.ship(False)
+        eng = self.eng
+        eng.checkpoint()
+        self._snapshot_catalog()
+        if interrupt is None:
+            report = eng.compact(ratio, bound)
+            self._snapshot_catalog()
+            assert report.chunks_corrupt == 0 and "left_pinned" not in report.skipped
+            assert report.segments_compacted == 0 or report.bytes_freed > 0
+            return
+        found = candidates(eng, ratio)
+        if not found:
+            return
+        c = found[0]
+        cid, lsn, size = _live_rows(eng, [(c.segment, c.next)], 0)[0][c.segment][0]
+        assert eng._pin_present((c.segment,))
+        try:
+            data = bytes(read_chunk_record(eng, c.segment, cid, lsn, size))
+        finally:
+            eng._unpin_segments((c.segment,))
+        if interrupt == "chunk":
+            with eng._lock:
+                eng._write_fill_chunk(cid, data)
+        else:
+            eng._relocate_chunk(cid, lsn, data)  # not waited for
+        self.crash(power, cut, 0)
+
     @rule(power=st.booleans(), cut=st.floats(0, 1), replay=st.integers(0, 3))
     def crash(self, power, cut, replay):
         eng = self.eng
@@ -274,6 +314,7 @@ class EngineModel(RuleBasedStateMachine):
             cold = {cid for cid, (lsn, _s, _r, _i) in t.chunks() if lsn == COLD}
             assert {bytes(k) for k in t.cursor("cold").iternext(values=False)} == cold
             segment_rows = dict(t.segments())
+            rows = list(t.chunks())
         assert self.eng.stats()["missing_chunks"] == len(missing)
         assert self.eng.stats()["cold_chunks"] == len(cold)
         # no WAL segment the shipper still needs is gone: a deleted segment held
@@ -281,6 +322,11 @@ class EngineModel(RuleBasedStateMachine):
         for seg, (_live, _dead, max_raft) in segment_rows.items():
             if seg not in self.eng.wal.segments:
                 assert max_raft <= self.hwm
+        # a hot row's segment is kept for the shipper until the HWM passes its intro_lsn
+        # (its entry noted the segment; a fill or a relocation notes the new one)
+        for _cid, (lsn, _s, _r, intro) in rows:
+            if lsn >= 0:
+                assert segment_rows[self.eng.wal.segment_of(lsn)][2] >= intro
         usage = self.eng.segment_usage()
         assert sum(u.live for u in usage) == referenced
         assert all(u.live >= 0 and u.dead >= 0 for u in usage)
