@@ -15,6 +15,7 @@ import time
 
 from engine import Engine
 from tiering.chunk_cache import ChunkCache
+from tiering.cold_compactor import ColdCompactor
 from tiering.cold_config import ColdConfig
 from tiering.cold_reader import ColdReader
 from tiering.errors import ColdLagExceeded
@@ -39,6 +40,11 @@ class ColdTier:
         self.reader = ColdReader(engine, self.stores, self.cache)
         self.shipper = Shipper(engine, config, self.stores, os.path.join(data_dir, "ship"),
                                propose=propose, is_leader=is_leader, fetch=fetch)
+        self.compactor = ColdCompactor(engine, config, self.stores, os.path.join(data_dir, "ship"),
+                                       propose=propose, store_shards=self.shipper._store_shards,
+                                       delete_grace_s=config.compact_delete_grace_s)
+        self.is_leader = is_leader
+        self._compacted_at = time.monotonic()
         self.truncate = truncate
         self.evicted_segments = 0
         self.evicted_bytes = 0
@@ -103,6 +109,13 @@ class ColdTier:
             self.evicted_bytes += report.bytes_freed
         if self.truncate is not None:
             self.truncate(self.engine.cold_hwm)
+        if time.monotonic() - self._compacted_at >= self.config.compact_interval_s:
+            self._compacted_at = time.monotonic()
+            if self.is_leader():
+                while self.compactor.step() and not self._stop.is_set():
+                    pass
+            else:
+                self.compactor.delete_due()
 
     def status(self) -> dict:
         entries, nbytes = self.lag()
@@ -119,6 +132,7 @@ class ColdTier:
             "evicted_segments": self.evicted_segments, "evicted_bytes": self.evicted_bytes,
             "cold_reads": self.reader.reads, "cold_read_bytes": self.reader.bytes_read,
             "cache": self.cache.stats(), "shipper": self.shipper.status(),
+            "compaction": self.compactor.status(),
             "slowdowns": self.slowdowns, "stores": len(self.store_urls),
             "k": self.config.k, "m": self.config.m,
             "maintenance_error": self._last_evict_error, "time": time.time(),

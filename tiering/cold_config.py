@@ -39,6 +39,13 @@ class ColdConfig:
     # ship a catalog checkpoint every this many segments (0: never), so a rebuild from
     # cold storage replays only the segments after the latest one
     checkpoint_segments: int = 16
+    # cold compaction: shipped segments whose live chunks are at most this fraction of
+    # their bytes are rewritten (0: never) once a checkpoint covers them and they are
+    # older than history_retention_s (the history point-in-time restores can reach)
+    compact_live_ratio: float = 0.5
+    history_retention_s: float = 7 * 86400.0
+    compact_interval_s: float = 60.0  # how often the leader looks for segments to rewrite
+    compact_delete_grace_s: float = 60.0  # replaced shards are deleted this long after
     # the hot tier: WAL bytes a node keeps on disk before evicting segments whose live
     # chunks are all in cold storage (0: never evict)
     hot_budget: int = 8 << 30
@@ -64,6 +71,8 @@ class ColdConfig:
                 raise ValueError(f"[cold] stores: {url!r} is not file://DIR or s3://bucket/prefix")
         if self.segment_bytes <= 0 or self.seal_age_s <= 0 or self.ship_interval_s <= 0:
             raise ValueError("[cold] segment_bytes, seal_age_s and ship_interval_s must be positive")
+        if not 0 <= self.compact_live_ratio < 1 or self.history_retention_s < 0:
+            raise ValueError("[cold] compact_live_ratio must be in [0, 1), history_retention_s >= 0")
         if self.hot_budget < 0 or self.cache_bytes < 0 or self.checkpoint_segments < 0:
             raise ValueError("[cold] hot_budget, cache_bytes and checkpoint_segments must be >= 0")
         if self.max_lag_bytes <= 0 or self.max_lag_entries <= 0:

@@ -46,22 +46,23 @@ class ColdReader:
         info = self.engine.chunk_info(chunk_id)
         if info is None or not 0 < info.intro_lsn <= self.engine.cold_hwm:
             raise ColdChunkUnavailable(f"chunk {chunk_id.hex()} is not in cold storage")
-        seg = self.engine.cold_segment_for(info.intro_lsn)
-        if seg is None:
-            raise ColdChunkUnavailable(
-                f"no shipped segment covers log LSN {info.intro_lsn} (chunk {chunk_id.hex()})")
-        try:
-            data = self._segment(seg["locations"]).read_chunk(chunk_id)
-        except KeyError:
-            raise ColdChunkUnavailable(
-                f"segment {seg['locations']['id']} does not hold chunk {chunk_id.hex()}") from None
-        except ColdChunkUnavailable:
-            raise
-        except Exception as exc:  # noqa: BLE001 - NotEnoughShards, SegmentCorrupt, store errors
+        for attempt in (1, 2):  # a compaction may have replaced the segment meanwhile
+            seg = self.engine.cold_segment_for(info.intro_lsn)
+            if seg is None:
+                raise ColdChunkUnavailable(
+                    f"no shipped segment covers log LSN {info.intro_lsn} (chunk {chunk_id.hex()})")
+            seg_id = seg["locations"]["id"]
+            try:
+                data = self._segment(seg["locations"]).read_chunk(chunk_id)
+                break
+            except KeyError:
+                error = f"segment {seg_id} does not hold chunk {chunk_id.hex()}"
+            except Exception as exc:  # noqa: BLE001 - NotEnoughShards, SegmentCorrupt, store errors
+                error = f"chunk {chunk_id.hex()} in segment {seg_id}: {exc}"
             with self._lock:
-                self._readers.pop(seg["locations"]["id"], None)
-            raise ColdChunkUnavailable(
-                f"chunk {chunk_id.hex()} in segment {seg['locations']['id']}: {exc}") from exc
+                self._readers.pop(seg_id, None)
+            if attempt == 2 or self.engine.cold_segment_for(info.intro_lsn) == seg:
+                raise ColdChunkUnavailable(error)
         self.reads += 1
         self.bytes_read += len(data)
         if self.cache is not None:

@@ -146,6 +146,43 @@ def test_cold_objects_survive_a_restart(tmp_path):
         assert st["hwm"] > 0 and st["cold"]["cold_reads"] > 0
 
 
+def test_deleted_data_is_compacted_away_in_cold_storage(tmp_path):
+    cold = {**COLD, "checkpoint_segments": 1, "history_retention_s": 0, "compact_interval_s": 0.5,
+            "compact_delete_grace_s": 0}
+    cfg = write_config(tmp_path / "node.toml", ENGINE, cold)
+    size = 256 << 10
+
+    def put_random(s3, prefix, n):
+        out = {}
+        for i in range(n):
+            out[f"{prefix}/{i:04d}"] = data = os.urandom(size)  # incompressible
+            s3.put_object(Bucket="cold", Key=f"{prefix}/{i:04d}", Body=data)
+        return out
+
+    with tidestore_server(str(tmp_path / "data"), extra_args=("--config", cfg)) as srv:
+        s3 = srv.boto3_client()
+        s3.create_bucket(Bucket="cold")
+        drives = os.path.join(srv.data_dir, "cold")
+
+        def on_disk():
+            return sum(os.path.getsize(os.path.join(d, f)) for d, _s, fs in os.walk(drives) for f in fs)
+        doomed = put_random(s3, "doomed", 24)
+        settle(srv)
+        assert on_disk() > 1.5 * 24 * size  # 4 + 2 shards of everything
+        s3.delete_objects(Bucket="cold", Delete={"Objects": [{"Key": k} for k in doomed]})
+        kept = put_random(s3, "kept", 8)
+        settle(srv, min_evicted=0)
+
+        def compacted():
+            st = status(srv)["cold"]["compaction"]
+            return st if st["compactions"] and st["shards_deleted"] and st["pending_deletes"] == 0 \
+                and on_disk() < 1.5 * (8 + 24 / 2) * size else None
+        st = wait_for(compacted, timeout=60, interval=0.3)
+        assert st["bytes_written"] < st["bytes_dropped"] and st["last_error"] is None
+        read_all_back(s3, "cold", kept)
+        assert not s3.list_objects_v2(Bucket="cold", Prefix="doomed/").get("Contents")
+
+
 def _shard_paths(data_dir: str, drive: int) -> list[str]:
     root = os.path.join(data_dir, "cold", f"drive-{drive}", "segments")
     return sorted(os.path.join(root, seg, name) for seg in os.listdir(root)
