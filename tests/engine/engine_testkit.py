@@ -102,3 +102,23 @@ def check_catalog(eng):
     st = eng.stats()
     assert st["missing_chunks"] == len(missing) and st["cold_chunks"] == len(cold)
     return rows
+
+
+def open_engine(data_dir, segment_size, **kw):
+    """An engine for catalog-level tests: no maintenance thread, no fsync (crashes are
+    simulated by the tests themselves)."""
+    from engine import Engine
+
+    kw.setdefault("maintenance_interval_s", 0)
+    kw.setdefault("fsync", False)
+    return Engine(data_dir, segment_size=segment_size, **kw)
+
+
+def chunk_rows(eng) -> dict:
+    with eng.catalog.read() as t:
+        return dict(t.chunks())
+
+
+def segment_rows(eng) -> dict:
+    with eng.catalog.read() as t:
+        return dict(t.segments())

@@ -10,36 +10,28 @@ import shutil
 
 import pytest
 
-from engine import ChunkMissing, Engine
+from engine import ChunkMissing
 from engine import entries as E
 from engine.applied_scan import AppliedRangeUnavailable
 from engine.catalog import COLD, FORMAT_VERSION, MISSING
 from engine.eviction import _evict_in_catalog, _live_rows
-from engine_testkit import MIB, Writer, downgrade_catalog, read_all
+from engine_testkit import MIB, Writer, downgrade_catalog, read_all, chunk_rows, segment_rows
+from engine_testkit import open_engine as _open_engine
 
 SEG = MIB
 BIG = 700 << 10  # one chunk this size per segment: two never fit in one
 
 
 def open_engine(data_dir, **kw):
-    kw.setdefault("maintenance_interval_s", 0)
-    kw.setdefault("segment_size", SEG)
-    kw.setdefault("fsync", False)
-    return Engine(data_dir, **kw)
+    return _open_engine(data_dir, kw.pop("segment_size", SEG), **kw)
 
 
 def cid(data):
     return hashlib.sha256(data).digest()
 
 
-def rows(eng):
-    with eng.catalog.read() as t:
-        return dict(t.chunks())
-
-
-def seg_rows(eng):
-    with eng.catalog.read() as t:
-        return dict(t.segments())
+rows = chunk_rows
+seg_rows = segment_rows
 
 
 def seg_rows_closed(data_dir):

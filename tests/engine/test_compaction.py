@@ -12,14 +12,15 @@ import time
 
 import pytest
 
-from engine import ChunkMissing, Engine
+from engine import ChunkMissing
 from engine import entries as E
 from engine.catalog import COLD, MISSING
 from engine.compaction import candidates, read_chunk_record
 from engine.eviction import _live_rows
 from engine.log_records import RelocateRecord
 from engine.wal_record import RecordType
-from engine_testkit import Writer, check_catalog, read_all
+from engine_testkit import Writer, check_catalog, read_all, chunk_rows, segment_rows
+from engine_testkit import open_engine as _open_engine
 
 SEG = 256 << 10
 PIECE = 20_000  # chunk size: ~12 chunk records per segment
@@ -27,24 +28,15 @@ OBJ = 50_000  # three chunks per object
 
 
 def open_engine(data_dir, **kw):
-    kw.setdefault("maintenance_interval_s", 0)
-    kw.setdefault("segment_size", SEG)
-    kw.setdefault("fsync", False)
-    return Engine(data_dir, **kw)
+    return _open_engine(data_dir, kw.pop("segment_size", SEG), **kw)
 
 
 def sha(data):
     return hashlib.sha256(data).digest()
 
 
-def rows(eng):
-    with eng.catalog.read() as t:
-        return dict(t.chunks())
-
-
-def seg_rows(eng):
-    with eng.catalog.read() as t:
-        return dict(t.segments())
+rows = chunk_rows
+seg_rows = segment_rows
 
 
 def populate(w, n, key="k", size=OBJ):
