@@ -171,7 +171,7 @@ class Node:
                 data = await self.in_io(self.cold.read_chunk, chunk_id)
             except ColdChunkUnavailable:
                 if self.cluster is None:
-                    raise ChunkMissing(chunk_id) from None
+                    raise  # 503: cold storage cannot give it back right now
         if data is None:
             if self.cluster is None:
                 raise ChunkMissing(chunk_id)

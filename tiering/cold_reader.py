@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 from .chunk_cache import ChunkCache
 from .erasure import ErasureCode
 from .errors import ColdChunkUnavailable
 from .segment_format import SegmentReader
-from .shard_store import ShardStore
+from .shard_store import ShardNotFound, ShardStore
 
 
 class ColdReader:
@@ -84,16 +85,34 @@ class ColdReader:
         return reader
 
 
+DOWN_FOR_S = 5.0  # an endpoint that failed is skipped this long (a read fails fast)
+_down_until: dict[str, float] = {}
+
+
+def _endpoint(store: ShardStore) -> str:
+    return getattr(store, "endpoint_url", None) or store.url
+
+
 def segment_reader(loc: dict, stores: list[ShardStore]) -> SegmentReader:
-    """Random access to a shipped segment through its shards (any k of k + m)."""
+    """Random access to a shipped segment through its shards (any k of k + m).
+
+    A shard that is missing or damaged is replaced by another; an endpoint that did
+    not answer is skipped for DOWN_FOR_S, so that with cold storage down a read fails
+    in one timeout, not in one per shard and per retry."""
     code = ErasureCode(loc["k"], loc["m"], loc["ec_type"], loc["stripe_size"])
     shards = loc["shards"]
 
     def fetch(index: int, offset: int, n: int):
-        store_index, name = shards[index][0], shards[index][1]
+        store = stores[shards[index][0]]
+        endpoint = _endpoint(store)
+        if _down_until.get(endpoint, 0.0) > time.monotonic():
+            return None
         try:
-            return stores[store_index].read_range(name, offset, n)
-        except Exception:  # noqa: BLE001 - a lost or unreachable shard: use another
+            return store.read_range(shards[index][1], offset, n)
+        except ShardNotFound:
+            return None  # lost: parity replaces it
+        except Exception:  # noqa: BLE001 - unreachable or failing: skip it for a while
+            _down_until[endpoint] = time.monotonic() + DOWN_FOR_S
             return None
 
     return SegmentReader(lambda offset, n: code.read_range(fetch, offset, n), loc["size"])

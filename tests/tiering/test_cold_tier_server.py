@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 import urllib.request
 
 import pytest
@@ -225,6 +226,33 @@ def _readable(s3, bucket, key, data) -> bool:
     return True
 
 
+class WatermarkWatch:
+    """Reads the node's status every 50 ms for the whole run: LWM must never pass HWM."""
+
+    def __init__(self, srv):
+        self.srv, self.samples, self.violations = srv, 0, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.wait(0.05):
+            try:
+                st = status(self.srv)
+            except OSError:
+                continue
+            self.samples += 1
+            if st["lwm"] > st["hwm"]:
+                self.violations.append((st["lwm"], st["hwm"]))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
 @pytest.fixture(scope="module")
 def moto():
     server = moto_server.start()
@@ -253,9 +281,10 @@ def test_cold_tier_on_a_real_s3_endpoint(moto, tmp_path):
 
 def test_cold_backend_down_slows_writes_then_drains(moto, tmp_path):
     cold = _s3_cold(moto, "tidecold-down", max_lag_bytes=3 * MiB, timeout_s=1.0,
-                    retry_max_s=1.0, hot_budget=0)
+                    retry_max_s=1.0)
     cfg = write_config(tmp_path / "node.toml", ENGINE, cold)
-    with tidestore_server(str(tmp_path / "data"), extra_args=("--config", cfg)) as srv:
+    with tidestore_server(str(tmp_path / "data"), extra_args=("--config", cfg)) as srv, \
+            WatermarkWatch(srv) as watch:
         s3 = srv.boto3_client()
         s3.create_bucket(Bucket="cold")
         written = write_objects(s3, "cold", 4, 256 << 10, prefix="before")
@@ -278,12 +307,22 @@ def test_cold_backend_down_slows_writes_then_drains(moto, tmp_path):
             st = status(srv)
             assert st["cold"]["slowdown"] and st["hwm"] < st["applied_lsn"]
             assert 10 <= len([k for k in written if k.startswith("during/")]) <= 40
-            # reads keep working meanwhile
-            read_all_back(s3, "cold", {k: v for k, v in written.items() if k.startswith("before/")})
+            # reads of what is still hot keep working meanwhile; what was evicted gets
+            # a clear 503 until cold storage answers again
+            read_all_back(s3, "cold", {k: v for k, v in written.items() if k.startswith("during/")})
+            evicted = [k for k, v in written.items() if k.startswith("before/")
+                       and not _readable(s3, "cold", k, v)]
+            assert evicted, "the hot budget should have evicted the first objects"
         finally:
             os.kill(moto.process.pid, signal.SIGCONT)
         target = status(srv)["cold"]["data_lsn"]
         st = wait_for(lambda: shipped_up_to(srv, target), timeout=60, interval=0.2)
         assert not st["cold"]["slowdown"]
+        # cold reads skip an endpoint for a few seconds after it failed: the first
+        # evicted object reads again within that
+        key = evicted[0]
+        wait_for(lambda: _readable(s3, "cold", key, written[key]), timeout=15, interval=0.5)
         written.update(write_objects(s3, "cold", 3, 256 << 10, prefix="after"))
         read_all_back(s3, "cold", written)
+        wait_for(lambda: status(srv)["lwm"] > 0, timeout=30, interval=0.2)  # WAL reclaimed
+    assert watch.samples > 20 and not watch.violations, watch.violations
