@@ -95,6 +95,7 @@ def _scan(engine: "Engine", lo: int, hi: int, end: int) -> Iterator[AppliedEntry
     wal = engine.wal
     segs = [s for s in list(wal.segments) if s < end]
     engine._pin_segments(segs)
+    pinned = segs
     try:
         # pinned: a segment still listed now stays until we unpin it
         present = set(wal.segments)
@@ -103,6 +104,14 @@ def _scan(engine: "Engine", lo: int, hi: int, end: int) -> Iterator[AppliedEntry
         with engine.catalog.read() as t:  # read after `present`: covers every hole in it
             gone = t.meta("wal_gone_raft", 0)
             max_raft = {seg: row[2] for seg, row in t.segments()}
+        # segments wholly below the range are skipped unread (below): unpin them now,
+        # so a long scan (a segment being built) does not hold back their eviction
+        skip = {s for i, s in enumerate(segs)
+                if max_raft.get(s) is not None and max_raft[s] < lo
+                and (segs[i + 1] if i + 1 < len(segs) else end) <= published}
+        if skip:
+            engine._unpin_segments([s for s in pinned if s in skip])
+            pinned = [s for s in pinned if s not in skip]
         prev = 0  # raft LSN of the last APPLY record seen
         # the log begins at WAL LSN 0; a first segment after 0 means a reclaimed prefix
         hole = (segs[0] if segs else end) != 0
@@ -112,13 +121,12 @@ def _scan(engine: "Engine", lo: int, hi: int, end: int) -> Iterator[AppliedEntry
             if start != expected:
                 hole, hole_at = True, expected
             size = min(end, start + os.path.getsize(wal._path(start))) - start
-            below = max_raft.get(start)
-            nxt = segs[i + 1] if i + 1 < len(segs) else end
-            if below is not None and below < lo and nxt <= published:
+            if start in skip:
                 # every APPLY record here is below the range and published (so its
                 # max_raft counts it): skip the segment unread. The shipper asks for
                 # the range just above the HWM; this keeps its scan off the old WAL.
-                prev = max(prev, below)
+                # `prev` stays: max_raft also counts entries whose chunks merely sit
+                # here, and their APPLY records may come later in the log.
                 expected = start + size
                 continue
             pos = start
@@ -155,7 +163,7 @@ def _scan(engine: "Engine", lo: int, hi: int, end: int) -> Iterator[AppliedEntry
         if hole:
             _check_hole(lo, hi, prev, None, hole_at, None, gone)
     finally:
-        engine._unpin_segments(segs)
+        engine._unpin_segments(pinned)
 
 
 def _check_hole(lo: int, hi: int, prev: int, nxt: int | None, hole_at: int,

@@ -81,9 +81,10 @@ def evict(engine: "Engine", target_hot_bytes: int) -> EvictReport:
                 break
             with engine._pins_lock:
                 pinned = bool(engine._pins.get(seg))
-            if pinned:
+            if pinned:  # a reader: stop here rather than evict newer data first
                 skipped["pinned"] += 1
-            elif rows.get(seg, (0, 0, 0))[2] > hwm:
+                break
+            if rows.get(seg, (0, 0, 0))[2] > hwm:
                 skipped["unshipped_entries"] += 1
             else:
                 candidates.append((seg, nxt))
@@ -105,7 +106,10 @@ def evict(engine: "Engine", target_hot_bytes: int) -> EvictReport:
             report.chunks_cold += cold
             with engine._pins_lock:  # as reclaim: no reader can pin it while it goes
                 if engine._pins.get(seg):
+                    # cold now; its file goes at the next reclaim: count it as gone,
+                    # or the loop would evict newer segments past the budget
                     report.left_for_reclaim += 1
+                    hot -= wal.segment_size_on_disk(seg)
                     continue
                 freed = wal.delete_segment(seg)
             engine.pool.invalidate_segment(seg)

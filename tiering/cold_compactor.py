@@ -109,7 +109,7 @@ class ColdCompactor:
                     reader = segment_reader(row["locations"], self.stores)
                     for cid in reader.chunk_ids():
                         if cid in live:
-                            writer.add_chunk(cid, reader.read_chunk(cid))
+                            writer.add_chunk(cid, reader.read_chunk(cid), verified=True)
                 info = writer.finish()
             shards = self.store_shards(seg_id, tmp, "segments")
         finally:

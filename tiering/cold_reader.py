@@ -14,6 +14,7 @@ import threading
 import time
 
 from .chunk_cache import ChunkCache
+from .erasure import HEADER as SHARD_HEADER
 from .erasure import ErasureCode
 from .errors import ColdChunkUnavailable
 from .segment_format import SegmentReader
@@ -101,14 +102,20 @@ def segment_reader(loc: dict, stores: list[ShardStore]) -> SegmentReader:
     in one timeout, not in one per shard and per retry."""
     code = ErasureCode(loc["k"], loc["m"], loc["ec_type"], loc["stripe_size"])
     shards = loc["shards"]
+    headers: dict[int, bytes] = {}  # every ranged read starts with the shards' headers
 
     def fetch(index: int, offset: int, n: int):
+        if offset == 0 and n == SHARD_HEADER.size and index in headers:
+            return headers[index]
         store = stores[shards[index][0]]
         endpoint = _endpoint(store)
         if _down_until.get(endpoint, 0.0) > time.monotonic():
             return None
         try:
-            return store.read_range(shards[index][1], offset, n)
+            data = store.read_range(shards[index][1], offset, n)
+            if offset == 0 and n == SHARD_HEADER.size and len(data) == n:
+                headers[index] = data
+            return data
         except ShardNotFound:
             return None  # lost: parity replaces it
         except Exception:  # noqa: BLE001 - unreachable or failing: skip it for a while

@@ -166,10 +166,13 @@ class SegmentWriter:
         if self._pending_bytes >= ENTRY_BLOCK_BYTES:
             self._flush_entries()
 
-    def add_chunk(self, chunk_id: bytes, data: bytes) -> bool:
-        """Compress and write one chunk. Returns False if it was already stored."""
+    def add_chunk(self, chunk_id: bytes, data: bytes, *, verified: bool = False) -> bool:
+        """Compress and write one chunk. Returns False if it was already stored.
+        `verified`: the caller has just checked the data against its id (skip the
+        second SHA-256 pass)."""
         self._check_open()
-        if len(chunk_id) != CHUNK_ID_SIZE or hashlib.sha256(data).digest() != chunk_id:
+        if len(chunk_id) != CHUNK_ID_SIZE or (
+                not verified and hashlib.sha256(data).digest() != chunk_id):
             raise ValueError(f"chunk id {bytes(chunk_id).hex()} is not the SHA-256 of its data")
         if chunk_id in self._chunks:
             return False

@@ -237,3 +237,34 @@ def test_a_catalog_checkpoint_ships_and_restores_from_any_k_shards(tmp_path):
         cat.close()
     finally:
         engine.close()
+
+
+class CountingStore:
+    """A real file store, counting the ranged reads it serves."""
+
+    def __init__(self, store):
+        self.store, self.reads = store, 0
+        self.url = store.url
+
+    def read_range(self, name, offset, length):
+        self.reads += 1
+        return self.store.read_range(name, offset, length)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_a_cold_chunk_read_costs_one_ranged_read_per_shard_used(setup):
+    engine, config, stores, log, shipper, tmp = setup
+    written = objects(log, 6, 200_000)
+    while shipper.step():
+        pass
+    counting = [CountingStore(s) for s in stores]
+    reader = ColdReader(engine, counting)
+    keys = list(written)
+    assert read_object(engine, reader, keys[0]) == written[keys[0]]  # opens the segment
+    before = sum(s.reads for s in counting)
+    for key in keys[1:]:
+        assert read_object(engine, reader, key) == written[key]
+    per_chunk = (sum(s.reads for s in counting) - before) / (len(keys) - 1)
+    assert per_chunk == config.k  # one run of fragments from each data shard; headers cached
