@@ -12,6 +12,7 @@ from . import entries
 from .cold_catalog import ChunkInfo
 from .compaction import CompactReport
 from .config import EngineConfig
+from .dir_lock import DirectoryInUse
 from .engine import ChunkRef, Engine, ObjectInfo, ObjectReader, SegmentUsage
 from .eviction import EvictReport
 from .errors import ChunkCorrupt, ChunkMissing, EngineClosed, EngineError, UnknownTransaction, WalCorruption
@@ -20,6 +21,7 @@ from .state_machine import ApplyResult
 
 __all__ = [
     "ApplyResult", "ChunkCorrupt", "ChunkInfo", "ChunkMissing", "ChunkRef", "CompactReport",
+    "DirectoryInUse",
     "Engine",
     "EngineClosed", "EngineConfig", "EngineError", "EvictReport", "ObjectInfo", "ObjectReader",
     "RecoveryReport",

@@ -24,6 +24,7 @@ from .buffer_pool import BufferPool
 from .catalog import COLD, MISSING, Catalog, CatalogTxn, max_key_bytes
 from .checkpoint import CheckpointData, write_master
 from .cold_catalog import ChunkInfo, chunk_info as _chunk_info
+from .dir_lock import DirLock
 from .compaction import CompactReport, candidates as _compaction_candidates, compact as _compact
 from .config import EngineConfig
 from .errors import ChunkCorrupt, ChunkMissing, EngineClosed, UnknownTransaction
@@ -110,6 +111,14 @@ class Engine:
         self.config = config
         self.dir = config.data_dir
         os.makedirs(self.dir, exist_ok=True)
+        self._dir_lock = DirLock(self.dir)  # DirectoryInUse: another process has it
+        try:
+            self._open(config)
+        except BaseException:
+            self._dir_lock.release()
+            raise
+
+    def _open(self, config: EngineConfig) -> None:
         self.wal = Wal(os.path.join(self.dir, "wal"), config.segment_size, config.fsync)
         self.catalog = Catalog(os.path.join(self.dir, "catalog"), config.lmdb_map_size,
                                sync=config.catalog_sync and config.fsync,
@@ -839,6 +848,7 @@ class Engine:
             self.checkpoint()
         self.wal.close()
         self.catalog.close()
+        self._dir_lock.release()
 
     def abandon(self) -> None:
         """Drop the engine the way a crash does: no checkpoint, no final sync; the
@@ -852,6 +862,7 @@ class Engine:
         self._publisher.join()
         self.wal.close(sync=False)
         self.catalog.close()
+        self._dir_lock.release()
 
     def __enter__(self):
         return self

@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Ask one node for the status of the whole group.")
     status.add_argument("--endpoint", default="http://127.0.0.1:9000", help="S3 endpoint of any node")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    recover = sub.add_parser("recover", help="offline crash recovery of a node's data directory, with a report",
+                             description="Run crash recovery (what a node does at every start) on a "
+                                         "stopped node's data directory and report what it did: records "
+                                         "scanned and redone, unfinished uploads rolled back, torn tails cut.")
+    recover.add_argument("--data-dir", default="./tidestore-data", help="the node's data directory")
+    recover.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -94,6 +101,10 @@ def main(argv=None) -> int:
         from . import status_cli
 
         return status_cli.run(args.endpoint, args.json)
+    if args.command == "recover":
+        from . import recover_cli
+
+        return recover_cli.run(args.data_dir, args.json)
     return 2
 
 

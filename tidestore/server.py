@@ -9,6 +9,7 @@ import sys
 
 from aiohttp import web
 
+from engine import DirectoryInUse
 from s3front.app import make_app
 
 from .config import NodeConfig
@@ -18,7 +19,10 @@ log = logging.getLogger("tidestore")
 
 
 async def serve(config: NodeConfig, out=sys.stdout) -> None:
-    node = Node(config)
+    try:
+        node = Node(config)
+    except DirectoryInUse as exc:
+        raise SystemExit(f"tidestore: {exc}") from None
     try:
         await node.start()
     except OSError as exc:
