@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
                                          "scanned and redone, unfinished uploads rolled back, torn tails cut.")
     recover.add_argument("--data-dir", default="./tidestore-data", help="the node's data directory")
     recover.add_argument("--json", action="store_true", help="machine-readable output")
+
+    inspect = sub.add_parser("inspect", help="WAL segments, catalog and Raft journal of a data directory "
+                                             "(read-only), or every member's LSN timeline",
+                             description="With --data-dir: what is in a node's data directory (never "
+                                         "written). With --endpoint: each member's LWM, HWM, applied and "
+                                         "commit LSN, drawn to scale.")
+    where = inspect.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", help="a node's data directory (default ./tidestore-data)")
+    where.add_argument("--endpoint", help="S3 endpoint of any running node")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -101,6 +111,10 @@ def main(argv=None) -> int:
         from . import status_cli
 
         return status_cli.run(args.endpoint, args.json)
+    if args.command == "inspect":
+        from . import inspect_cli
+
+        return inspect_cli.run(args.data_dir or "./tidestore-data", args.endpoint, args.json)
     if args.command == "recover":
         from . import recover_cli
 
