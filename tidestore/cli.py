@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--data-dir", help="a node's data directory (default ./tidestore-data)")
     where.add_argument("--endpoint", help="S3 endpoint of any running node")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+
+    verify = sub.add_parser("verify", help="scrub the WAL and the cold shards; --heal rebuilds damaged shards",
+                            description="Check every WAL record and every shard of every shipped segment "
+                                        "and catalog checkpoint (CRCs, recorded SHA-256); with --heal, "
+                                        "rebuild damaged or missing shards from the others. The data "
+                                        "directory is only read.")
+    verify.add_argument("--data-dir", default="./tidestore-data", help="the node's data directory")
+    verify.add_argument("--config", help="the node's TOML file (for its [cold] stores)")
+    verify.add_argument("--heal", action="store_true", help="rebuild what can be rebuilt")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -115,6 +125,10 @@ def main(argv=None) -> int:
         from . import inspect_cli
 
         return inspect_cli.run(args.data_dir or "./tidestore-data", args.endpoint, args.json)
+    if args.command == "verify":
+        from . import verify_cli
+
+        return verify_cli.run(args.data_dir, args.config, args.heal, args.json)
     if args.command == "recover":
         from . import recover_cli
 
