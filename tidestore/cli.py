@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--config", help="the node's TOML file (for its [cold] stores)")
     verify.add_argument("--heal", action="store_true", help="rebuild what can be rebuilt")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rebuild = sub.add_parser("rebuild", help="rebuild a whole store from cold storage alone",
+                             description="Every replica lost: replay the cold tier's segments into a "
+                                         "new data directory, as of the last LSN in cold storage.")
+    rebuild.add_argument("--config", required=True, help="a TOML file with the [cold] stores")
+    rebuild.add_argument("--into", required=True, help="the new data directory")
+    rebuild.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -129,6 +136,10 @@ def main(argv=None) -> int:
         from . import verify_cli
 
         return verify_cli.run(args.data_dir, args.config, args.heal, args.json)
+    if args.command == "rebuild":
+        from . import rebuild_cli
+
+        return rebuild_cli.run(args.config, args.into, args.json)
     if args.command == "recover":
         from . import recover_cli
 

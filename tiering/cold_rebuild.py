@@ -1,0 +1,152 @@
+"""Rebuilding a store from cold storage alone: every replica lost, the shard stores
+left. The stores are self-describing: shard names carry their segment's LSN range and
+shard headers carry k, m, the coding and the segment's length, so no catalog is
+needed to find the segments.
+
+A contiguous chain of segments from LSN 1 is replayed, entry by entry, into a new
+engine: every chunk an entry references becomes a row of the new catalog, and the
+`SegmentShipped` entries among them record where the chunks are, so the rows turn
+COLD as in any replica. Segments past the last recorded HWM get a `SegmentShipped` of
+their own, applied after the replayed log. The result is the store as of the last LSN
+in cold storage, every object readable from the shards, ready to serve.
+
+Compacted segments (entries dropped, see cold_compactor.py) need the catalog
+checkpoint that covers them as the starting point; that path is not built yet, and a
+chain that needs it is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from engine import Engine, EngineConfig
+from engine.entries import SegmentShipped, decode_entry
+
+from .cold_reader import segment_reader
+from .erasure import HEADER as SHARD_HEADER
+from .erasure import ShardHeader
+from .shard_store import ShardStore
+
+
+class RebuildImpossible(Exception):
+    pass
+
+
+@dataclass
+class RebuildReport:
+    segments: int = 0
+    entries: int = 0
+    first_lsn: int = 0
+    last_lsn: int = 0
+    hwm_recorded: int = 0  # the HWM the replayed SegmentShipped entries reached
+    segments_recorded_now: int = 0  # past it: recorded by the rebuild
+    objects: int = 0
+    cold_chunks: int = 0
+    segment_bytes: int = 0
+    duration_s: float = 0.0
+    orphans_ignored: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def discover(stores: list[ShardStore]) -> dict[str, dict]:
+    """Every segment in the stores: id -> {first, last, compacted, shards {i: (store, name)}}."""
+    found: dict[str, dict] = {}
+    for si, store in enumerate(stores):
+        for name in store.list("segments/"):
+            parts = name.split("/")
+            if len(parts) != 3 or not parts[2].startswith("shard-"):
+                continue
+            seg_id = parts[1]
+            lo, hi, *rest = seg_id.split("-")
+            seg = found.setdefault(seg_id, {"id": seg_id, "first": int(lo, 16), "last": int(hi, 16),
+                                            "compacted": bool(rest), "shards": {}})
+            seg["shards"][int(parts[2][len("shard-"):])] = (si, name)
+    return found
+
+
+def _locations(seg: dict, stores: list[ShardStore]) -> dict:
+    """The segment's locations, read from the first shard header that answers."""
+    for si, name in seg["shards"].values():
+        try:
+            header = ShardHeader.unpack(stores[si].read_range(name, 0, SHARD_HEADER.size))
+            break
+        except Exception:  # noqa: BLE001 - another shard may answer
+            continue
+    else:
+        raise RebuildImpossible(f"segment {seg['id']}: no readable shard header")
+    shards = []
+    for i in range(header.k + header.m):
+        si, name = seg["shards"].get(i, (i % len(stores), f"segments/{seg['id']}/shard-{i:02d}"))
+        shards.append([si, name, None, None])  # size and SHA-256 unknown: not recorded
+    return {"id": seg["id"], "format": 1, "size": header.segment_length, "k": header.k,
+            "m": header.m, "ec_type": header.ec_type, "stripe_size": header.stripe_size,
+            "shards": shards, "rebuilt": True}
+
+
+def chain(found: dict[str, dict]) -> tuple[list[dict], list[str]]:
+    """Segments covering 1..top without a gap (the widest at each step); the rest."""
+    by_first: dict[int, list] = {}
+    for seg in found.values():
+        by_first.setdefault(seg["first"], []).append(seg)
+    out, nxt = [], 1
+    while nxt in by_first:
+        best = max(by_first[nxt], key=lambda s: (not s["compacted"], s["last"]))
+        out.append(best)
+        nxt = best["last"] + 1
+    used = {s["id"] for s in out}
+    return out, sorted(i for i in found if i not in used)
+
+
+def rebuild(stores: list[ShardStore], engine_dir: str, progress=None) -> RebuildReport:
+    t0 = time.perf_counter()
+    report = RebuildReport()
+    segs, others = chain(discover(stores))
+    if not segs:
+        raise RebuildImpossible("no segment starting at LSN 1 in the shard stores")
+    report.orphans_ignored = others
+    compacted = [s["id"] for s in segs if s["compacted"]]
+    if compacted:
+        raise RebuildImpossible(
+            f"segments {', '.join(compacted[:3])} were compacted (their entries are gone): a "
+            "rebuild must start from the catalog checkpoint covering them, which is not built yet")
+    engine = Engine(EngineConfig(data_dir=engine_dir, maintenance_interval_s=0,
+                                 ship_retention=True))
+    try:
+        locs, pending = [], None
+        for n, seg in enumerate(segs):
+            loc = _locations(seg, stores)
+            locs.append((seg, loc))
+            reader = segment_reader(loc, stores)
+            for lsn, raw in reader.entries():
+                pending = engine.submit(lsn, decode_entry(raw))  # group-committed
+                report.entries += 1
+            report.segment_bytes += loc["size"]
+            if progress:
+                progress(n + 1, len(segs), report)
+        last = segs[-1]["last"]
+        if pending is not None:
+            pending.wait()  # published in log order: everything before it is too
+        report.hwm_recorded = engine.cold_hwm
+        lsn = max(engine.applied_lsn, last)
+        for seg, loc in locs:  # past the recorded HWM: record them now
+            if seg["last"] <= engine.cold_hwm:
+                continue
+            lsn += 1
+            result = engine.apply(lsn, SegmentShipped(seg["first"], seg["last"], loc))
+            if result.error:
+                raise RebuildImpossible(f"segment {seg['id']}: {result.error}")
+            report.segments_recorded_now += 1
+        stats = engine.stats()
+        report.segments, report.first_lsn, report.last_lsn = len(segs), 1, last
+        report.cold_chunks = stats.get("cold_chunks", 0)
+        with engine.catalog.read() as t:
+            report.objects = t.count("objects")
+        if stats.get("missing_chunks"):
+            raise RebuildImpossible(f"{stats['missing_chunks']} chunks are referenced but in no segment")
+    finally:
+        engine.close()
+    report.duration_s = round(time.perf_counter() - t0, 3)
+    return report
