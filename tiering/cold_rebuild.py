@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from engine import Engine, EngineConfig
+from engine import Engine, EngineConfig, EngineError
 from engine.entries import SegmentShipped, decode_entry
 
 from .cold_reader import segment_reader
@@ -93,7 +93,9 @@ def chain(found: dict[str, dict]) -> tuple[list[dict], list[str]]:
         by_first.setdefault(seg["first"], []).append(seg)
     out, nxt = [], 1
     while nxt in by_first:
-        best = max(by_first[nxt], key=lambda s: (not s["compacted"], s["last"]))
+        # an orphan of a shipment that died half way may have fewer shards than k:
+        # prefer the segments with the most shards, then the widest
+        best = max(by_first[nxt], key=lambda s: (not s["compacted"], len(s["shards"]), s["last"]))
         out.append(best)
         nxt = best["last"] + 1
     used = {s["id"] for s in out}
@@ -119,10 +121,15 @@ def rebuild(stores: list[ShardStore], engine_dir: str, progress=None) -> Rebuild
         for n, seg in enumerate(segs):
             loc = _locations(seg, stores)
             locs.append((seg, loc))
-            reader = segment_reader(loc, stores)
-            for lsn, raw in reader.entries():
-                pending = engine.submit(lsn, decode_entry(raw))  # group-committed
-                report.entries += 1
+            try:
+                reader = segment_reader(loc, stores)
+                for lsn, raw in reader.entries():
+                    pending = engine.submit(lsn, decode_entry(raw))  # group-committed
+                    report.entries += 1
+            except (RebuildImpossible, EngineError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - too many shards lost, or damaged
+                raise RebuildImpossible(f"segment {seg['id']} cannot be read: {exc}") from exc
             report.segment_bytes += loc["size"]
             if progress:
                 progress(n + 1, len(segs), report)
