@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 from .eviction import _live_rows
 from .log_records import CHUNK_PREFIX, parse_chunk
+from .sealed_segments import sealed_below
 from .wal_record import HEADER_SIZE, RecordType, parse_header
 
 if TYPE_CHECKING:
@@ -93,17 +94,8 @@ def candidates(engine: "Engine", max_live_ratio: float,
         usage = dict(t.segments())
         hwm = t.meta("cold_hwm", 0)
     retain = engine.config.ship_retention
-    segs = list(wal.segments)
     out = []
-    for i, seg in enumerate(segs):
-        if i + 1 == len(segs):
-            skipped["active"] += 1
-            break
-        nxt = segs[i + 1]
-        if nxt > keep_from:
-            skipped["needed_by_recovery"] += len(segs) - 1 - i
-            skipped["active"] += 1
-            break
+    for seg, nxt in sealed_below(list(wal.segments), keep_from, skipped):
         live, _dead, max_raft = usage.get(seg, (0, 0, 0))
         size = wal.sealed_size(seg)
         if size is None:  # deleted since the listing

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .catalog import COLD
+from .sealed_segments import sealed_below
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -70,15 +71,7 @@ def evict(engine: "Engine", target_hot_bytes: int) -> EvictReport:
             hwm = t.meta("cold_hwm", 0)
             rows = dict(t.segments())
         candidates = []  # (segment, next segment) passing (a)-(d)
-        for i, seg in enumerate(segs):
-            if i + 1 == len(segs):
-                skipped["active"] += 1
-                break
-            nxt = segs[i + 1]
-            if nxt > keep_from:
-                skipped["needed_by_recovery"] += len(segs) - 1 - i
-                skipped["active"] += 1
-                break
+        for seg, nxt in sealed_below(segs, keep_from, skipped):
             with engine._pins_lock:
                 pinned = bool(engine._pins.get(seg))
             if pinned:  # a reader: stop here rather than evict newer data first
