@@ -42,6 +42,7 @@ class CreateBucket(Entry):
 class DeleteBucket(Entry):
     OP: ClassVar[str] = "delete_bucket"
     bucket: str
+    at_ms: int = 0  # when it was proposed: point-in-time restores find it by time
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class DeleteObject(Entry):
     OP: ClassVar[str] = "delete_object"
     bucket: str
     key: str
+    at_ms: int = 0  # when it was proposed: point-in-time restores find it by time
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class DeleteObjects(Entry):
     OP: ClassVar[str] = "delete_objects"
     bucket: str
     keys: list
+    at_ms: int = 0  # when it was proposed: point-in-time restores find it by time
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class AbortMultipartUpload(Entry):
     bucket: str
     key: str
     upload_id: str
+    at_ms: int = 0  # when it was proposed: point-in-time restores find it by time
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,19 @@ def _plain(value):
 
 
 _FIELD_NAMES: dict = {}
+
+
+_TIME_FIELDS = ("mtime_ms", "created_ms", "initiated_ms", "at_ms")
+
+
+def entry_time_ms(entry: Entry) -> int | None:
+    """When the entry was proposed (wall clock of the proposer), if it says: every
+    client-visible change carries a time; Noop and the cold tier's entries do not."""
+    for name in _TIME_FIELDS:
+        value = getattr(entry, name, None)
+        if value:
+            return value
+    return None
 
 
 def encode_entry(entry: Entry) -> bytes:

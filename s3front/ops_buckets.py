@@ -71,7 +71,7 @@ async def head_bucket(ctx: Ctx):
 
 
 async def delete_bucket(ctx: Ctx):
-    res = await ctx.node.commit(E.DeleteBucket(ctx.bucket))
+    res = await ctx.node.commit(E.DeleteBucket(ctx.bucket, at_ms=int(time.time() * 1000)))
     if res.error:
         raise result_error(res, bucket=ctx.bucket)
     return web.Response(status=204)

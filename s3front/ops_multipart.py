@@ -157,7 +157,7 @@ async def complete_upload(ctx: Ctx):
 
 async def abort_upload(ctx: Ctx):
     upload_id = ctx.query.get("uploadId", "")
-    res = await ctx.node.commit(E.AbortMultipartUpload(ctx.bucket, ctx.key, upload_id))
+    res = await ctx.node.commit(E.AbortMultipartUpload(ctx.bucket, ctx.key, upload_id, at_ms=now_ms()))
     if res.error:
         raise result_error(res, upload_id=upload_id, bucket=ctx.bucket)
     return web.Response(status=204)

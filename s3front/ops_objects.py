@@ -181,7 +181,7 @@ async def head_object(ctx: Ctx):
 
 async def delete_object(ctx: Ctx):
     _null_version_only(ctx)
-    res = await ctx.node.commit(E.DeleteObject(ctx.bucket, ctx.key))
+    res = await ctx.node.commit(E.DeleteObject(ctx.bucket, ctx.key, at_ms=now_ms()))
     if res.error:
         raise result_error(res, bucket=ctx.bucket)
     return web.Response(status=204)
@@ -272,7 +272,7 @@ async def delete_objects(ctx: Ctx):
         except S3Error as err:
             errors.append(DeleteErrorEntry(obj.key, err.code, err.message, obj.version_id))
     if keys:
-        res = await ctx.node.commit(E.DeleteObjects(ctx.bucket, keys))
+        res = await ctx.node.commit(E.DeleteObjects(ctx.bucket, keys, at_ms=now_ms()))
         if res.error:
             raise result_error(res, bucket=ctx.bucket)
     deleted = [DeletedEntry(k) for k in keys]  # S3 reports absent keys as deleted too

@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--config", required=True, help="a TOML file with the [cold] stores")
     rebuild.add_argument("--into", required=True, help="the new data directory")
     rebuild.add_argument("--json", action="store_true", help="machine-readable output")
+
+    restore = sub.add_parser("restore", help="the store as it was at an LSN or a time, into a new directory",
+                             description="Replay the cold tier's history up to an LSN or a time into a "
+                                         "new data directory, without touching the running group; the "
+                                         "restored store reads its chunks from the group's stores "
+                                         "(read-only) and ships nothing.")
+    restore.add_argument("--config", required=True, help="the group's TOML file (its [cold] stores)")
+    restore.add_argument("--into", required=True, help="the new data directory")
+    point = restore.add_mutually_exclusive_group(required=True)
+    point.add_argument("--lsn", type=int, help="restore the state after this log LSN")
+    point.add_argument("--time", help="restore the state at this time (ISO 8601, UTC if no zone; "
+                                      "or epoch seconds)")
+    restore.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -136,6 +149,10 @@ def main(argv=None) -> int:
         from . import verify_cli
 
         return verify_cli.run(args.data_dir, args.config, args.heal, args.json)
+    if args.command == "restore":
+        from . import restore_cli
+
+        return restore_cli.run(args.config, args.into, args.lsn, args.time, args.json)
     if args.command == "rebuild":
         from . import rebuild_cli
 

@@ -54,7 +54,8 @@ class ColdTier:
         self._last_evict_error: str | None = None
 
     def start(self) -> None:
-        self.shipper.start()
+        if not self.config.read_only:
+            self.shipper.start()
         self._thread = threading.Thread(target=self._maintain, name="cold-maintenance",
                                         daemon=True)
         self._thread.start()
@@ -80,6 +81,8 @@ class ColdTier:
                 self.engine.unshipped_bytes())
 
     def check_backpressure(self) -> None:
+        if self.config.read_only:
+            return  # nothing ships: new writes stay in the hot tier
         entries, nbytes = self.lag()
         cfg = self.config
         if entries > cfg.max_lag_entries or nbytes > cfg.max_lag_bytes:
@@ -100,6 +103,8 @@ class ColdTier:
                 log.exception("cold tier maintenance failed")
 
     def maintain_once(self) -> None:
+        if self.config.read_only:
+            return
         budget = self.config.hot_budget
         if budget and self.engine.hot_bytes() > budget:
             # eviction only takes segments behind the checkpoint's redo point

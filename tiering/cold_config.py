@@ -14,6 +14,9 @@ from .shard_store import ShardStore, open_store
 @dataclass
 class ColdConfig:
     enabled: bool = True
+    # read the stores, never write them: a store restored to a point in time reads its
+    # chunks from the running group's cold tier and must not ship into it
+    read_only: bool = False
     # shard stores, `file://DIR` or `s3://bucket/prefix`; shard i goes to stores[i % n].
     # Every member of a group must list the same stores in the same order.
     # Empty: `file://<data_dir>/cold/drive-0..k+m-1` (the embedded default).

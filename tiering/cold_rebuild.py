@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from engine import Engine, EngineConfig, EngineError
-from engine.entries import SegmentShipped, decode_entry
+from engine.entries import SegmentShipped, decode_entry, entry_time_ms
 
 from .cold_reader import segment_reader
 from .erasure import HEADER as SHARD_HEADER
@@ -102,12 +102,21 @@ def chain(found: dict[str, dict]) -> tuple[list[dict], list[str]]:
     return out, sorted(i for i in found if i not in used)
 
 
-def rebuild(stores: list[ShardStore], engine_dir: str, progress=None) -> RebuildReport:
+def rebuild(stores: list[ShardStore], engine_dir: str, progress=None, *,
+            upto_lsn: int | None = None, upto_ms: int | None = None) -> RebuildReport:
+    """The store as of the last LSN in cold storage, or as of `upto_lsn` (the entries
+    up to it), or as of `upto_ms` (every entry proposed at or before that wall-clock
+    time; an entry that gives no time goes with the one before it)."""
     t0 = time.perf_counter()
     report = RebuildReport()
     segs, others = chain(discover(stores))
     if not segs:
         raise RebuildImpossible("no segment starting at LSN 1 in the shard stores")
+    if upto_lsn is not None:
+        if upto_lsn > segs[-1]["last"]:
+            raise RebuildImpossible(f"LSN {upto_lsn} is not in cold storage yet (it holds "
+                                    f"1..{segs[-1]['last']})")
+        segs = [s for s in segs if s["first"] <= upto_lsn]
     report.orphans_ignored = others
     compacted = [s["id"] for s in segs if s["compacted"]]
     if compacted:
@@ -117,15 +126,24 @@ def rebuild(stores: list[ShardStore], engine_dir: str, progress=None) -> Rebuild
     engine = Engine(EngineConfig(data_dir=engine_dir, maintenance_interval_s=0,
                                  ship_retention=True))
     try:
-        locs, pending = [], None
+        locs, pending, stopped = [], None, False
         for n, seg in enumerate(segs):
+            if stopped:
+                break
             loc = _locations(seg, stores)
             locs.append((seg, loc))
             try:
                 reader = segment_reader(loc, stores)
                 for lsn, raw in reader.entries():
-                    pending = engine.submit(lsn, decode_entry(raw))  # group-committed
+                    entry = decode_entry(raw)
+                    at = entry_time_ms(entry)
+                    if (upto_lsn is not None and lsn > upto_lsn) or (
+                            upto_ms is not None and at is not None and at > upto_ms):
+                        stopped = True
+                        break
+                    pending = engine.submit(lsn, entry)  # group-committed
                     report.entries += 1
+                    report.last_lsn = lsn
             except (RebuildImpossible, EngineError):
                 raise
             except Exception as exc:  # noqa: BLE001 - too many shards lost, or damaged
@@ -133,7 +151,7 @@ def rebuild(stores: list[ShardStore], engine_dir: str, progress=None) -> Rebuild
             report.segment_bytes += loc["size"]
             if progress:
                 progress(n + 1, len(segs), report)
-        last = segs[-1]["last"]
+        last = locs[-1][0]["last"]
         if pending is not None:
             pending.wait()  # published in log order: everything before it is too
         report.hwm_recorded = engine.cold_hwm
@@ -147,7 +165,9 @@ def rebuild(stores: list[ShardStore], engine_dir: str, progress=None) -> Rebuild
                 raise RebuildImpossible(f"segment {seg['id']}: {result.error}")
             report.segments_recorded_now += 1
         stats = engine.stats()
-        report.segments, report.first_lsn, report.last_lsn = len(segs), 1, last
+        report.segments, report.first_lsn = len(locs), 1
+        if upto_lsn is None and upto_ms is None:
+            report.last_lsn = last
         report.cold_chunks = stats.get("cold_chunks", 0)
         with engine.catalog.read() as t:
             report.objects = t.count("objects")
