@@ -62,6 +62,7 @@ def max_key_bytes(bucket: str) -> int:
 
 _TABLES = ("buckets", "objects", "uploads", "upload_ix", "parts", "chunks", "missing", "cold",
            "segments", "cold_segments", "meta")
+TABLES = _TABLES  # for tools that read a catalog without this class (read-only)
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 

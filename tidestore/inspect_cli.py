@@ -24,12 +24,12 @@ from collections import Counter
 import lmdb
 import msgpack
 
-from engine.catalog import _TABLES
+from engine.catalog import TABLES
 from engine.checkpoint import read_master
 from engine.wal_record import HEADER_SIZE, RecordType, crc_ok, parse_header
+from raftlog.raft_journal import MAGIC as JOURNAL_MAGIC
+from raftlog.raft_journal import RECORD as JOURNAL_RECORD
 
-JOURNAL_RECORD = struct.Struct("<IIQQ")
-JOURNAL_MAGIC = b"TIDESTORE-RAFT-JOURNAL-1\n"
 BAR = 56
 
 
@@ -61,9 +61,9 @@ def _wal_segments(wal_dir: str) -> list[dict]:
 def _catalog(path: str) -> dict | None:
     if not os.path.exists(os.path.join(path, "data.mdb")):
         return None
-    env = lmdb.open(path, readonly=True, lock=False, max_dbs=len(_TABLES) + 1)
+    env = open_catalog_readonly(path)
     try:
-        dbs = {name: env.open_db(name.encode(), create=False) for name in _TABLES
+        dbs = {name: env.open_db(name.encode(), create=False) for name in TABLES
                if _has_db(env, name)}
         with env.begin(buffers=False) as txn:
             meta = {k.decode(): msgpack.unpackb(v, raw=False) for k, v in txn.cursor(db=dbs["meta"])}
@@ -73,6 +73,11 @@ def _catalog(path: str) -> dict | None:
     finally:
         env.close()
     return {"meta": meta, "counts": counts, "segments": segments}
+
+
+def open_catalog_readonly(path: str) -> lmdb.Environment:
+    """The catalog for reading only: no lock file written, nothing created."""
+    return lmdb.open(path, readonly=True, lock=False, max_dbs=len(TABLES) + 1)
 
 
 def _has_db(env, name: str) -> bool:

@@ -22,21 +22,19 @@ import tempfile
 import lmdb
 import msgpack
 
-from engine.catalog import _TABLES
 from tiering.cold_config import ColdConfig
-from tiering.erasure import ErasureCode
+from tiering.cold_reader import erasure_code, shard_fetch
 from tiering.shard_store import ShardNotFound
 
-from .inspect_cli import _wal_segments
+from .inspect_cli import _has_db, _wal_segments, open_catalog_readonly
 
 
 def shipped_objects(catalog_dir: str) -> list[tuple[str, dict]]:
     """(what, locations) of every shipped segment and recorded catalog checkpoint."""
-    env = lmdb.open(catalog_dir, readonly=True, lock=False, max_dbs=len(_TABLES) + 1)
+    env = open_catalog_readonly(catalog_dir)
     try:
-        with env.begin(buffers=False) as txn:
-            if txn.get(b"cold_segments") is None:
-                return []
+        if not _has_db(env, "cold_segments"):
+            return []
         db = env.open_db(b"cold_segments", create=False)
         out, checkpoints = [], {}
         with env.begin(buffers=False) as txn:
@@ -55,7 +53,7 @@ def shipped_objects(catalog_dir: str) -> list[tuple[str, dict]]:
 
 def check_object(what: str, loc: dict, stores) -> list[dict]:
     """The damaged shards of one shipped object: [{what, shard, name, problem}]."""
-    code = ErasureCode(loc["k"], loc["m"], loc["ec_type"], loc["stripe_size"])
+    code = erasure_code(loc)
     bad = []
     for index, (store_index, name, size, sha) in enumerate(loc["shards"]):
         store = stores[store_index]
@@ -79,20 +77,14 @@ def check_object(what: str, loc: dict, stores) -> list[dict]:
 
 def heal_object(loc: dict, bad: list[dict], stores, work_dir: str) -> tuple[list, list]:
     """Rebuild each bad shard from the good ones. Returns (healed, not healed)."""
-    code = ErasureCode(loc["k"], loc["m"], loc["ec_type"], loc["stripe_size"])
+    code = erasure_code(loc)
     shards = loc["shards"]
     bad_index = {b["shard"] for b in bad}
     if len(shards) - len(bad_index) < loc["k"]:
         reason = f"only {len(shards) - len(bad_index)} good shards, {loc['k']} needed"
         return [], [dict(b, reason=reason) for b in bad]
 
-    def fetch(index: int, offset: int, n: int):
-        if index in bad_index:
-            return None
-        try:
-            return stores[shards[index][0]].read_range(shards[index][1], offset, n)
-        except Exception:  # noqa: BLE001 - counted as missing by the decoder
-            return None
+    fetch = shard_fetch(loc, stores, skip=bad_index)
 
     healed, failed = [], []
     for b in bad:

@@ -21,7 +21,8 @@ import tempfile
 import msgpack
 import zstandard
 
-from .erasure import ErasureCode
+from .cold_reader import erasure_code, shard_fetch
+
 
 FORMAT = 1
 
@@ -62,15 +63,7 @@ class _HashingWriter:
 def restore(loc: dict, stores, dest_dir: str) -> int:
     """Fetch a shipped checkpoint (any k of its shards), check it, and write the
     catalog to dest_dir/data.mdb. Returns its log LSN."""
-    code = ErasureCode(loc["k"], loc["m"], loc["ec_type"], loc["stripe_size"])
-    shards = loc["shards"]
-
-    def fetch(index: int, offset: int, n: int):
-        try:
-            return stores[shards[index][0]].read_range(shards[index][1], offset, n)
-        except Exception:  # noqa: BLE001 - a lost shard: decode from the others
-            return None
-
+    code, fetch = erasure_code(loc), shard_fetch(loc, stores)
     os.makedirs(dest_dir, exist_ok=True)
     compressed = os.path.join(dest_dir, "checkpoint.zst")
     with open(compressed, "wb") as f:

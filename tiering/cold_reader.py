@@ -94,17 +94,18 @@ def _endpoint(store: ShardStore) -> str:
     return getattr(store, "endpoint_url", None) or store.url
 
 
-def segment_reader(loc: dict, stores: list[ShardStore]) -> SegmentReader:
-    """Random access to a shipped segment through its shards (any k of k + m).
-
-    A shard that is missing or damaged is replaced by another; an endpoint that did
-    not answer is skipped for DOWN_FOR_S, so that with cold storage down a read fails
-    in one timeout, not in one per shard and per retry."""
-    code = ErasureCode(loc["k"], loc["m"], loc["ec_type"], loc["stripe_size"])
+def shard_fetch(loc: dict, stores: list[ShardStore], skip=frozenset()):
+    """The `fetch(shard, offset, n)` that ErasureCode's readers take, for one shipped
+    segment or checkpoint: None for a shard in `skip`, one that is missing, or one on
+    an endpoint that did not answer (skipped for DOWN_FOR_S, so that with cold storage
+    down a read fails in one timeout, not one per shard and per retry). Shard headers
+    are kept: every ranged read starts with them."""
     shards = loc["shards"]
-    headers: dict[int, bytes] = {}  # every ranged read starts with the shards' headers
+    headers: dict[int, bytes] = {}
 
     def fetch(index: int, offset: int, n: int):
+        if index in skip:
+            return None
         if offset == 0 and n == SHARD_HEADER.size and index in headers:
             return headers[index]
         store = stores[shards[index][0]]
@@ -113,13 +114,23 @@ def segment_reader(loc: dict, stores: list[ShardStore]) -> SegmentReader:
             return None
         try:
             data = store.read_range(shards[index][1], offset, n)
-            if offset == 0 and n == SHARD_HEADER.size and len(data) == n:
-                headers[index] = data
-            return data
         except ShardNotFound:
             return None  # lost: parity replaces it
         except Exception:  # noqa: BLE001 - unreachable or failing: skip it for a while
             _down_until[endpoint] = time.monotonic() + DOWN_FOR_S
             return None
+        if offset == 0 and n == SHARD_HEADER.size and len(data) == n:
+            headers[index] = data
+        return data
 
+    return fetch
+
+
+def erasure_code(loc: dict) -> ErasureCode:
+    return ErasureCode(loc["k"], loc["m"], loc["ec_type"], loc["stripe_size"])
+
+
+def segment_reader(loc: dict, stores: list[ShardStore]) -> SegmentReader:
+    """Random access to a shipped segment through its shards (any k of k + m)."""
+    code, fetch = erasure_code(loc), shard_fetch(loc, stores)
     return SegmentReader(lambda offset, n: code.read_range(fetch, offset, n), loc["size"])
