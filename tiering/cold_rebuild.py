@@ -10,19 +10,24 @@ COLD as in any replica. Segments past the last recorded HWM get a `SegmentShippe
 their own, applied after the replayed log. The result is the store as of the last LSN
 in cold storage, every object readable from the shards, ready to serve.
 
-Compacted segments (entries dropped, see cold_compactor.py) need the catalog
-checkpoint that covers them as the starting point; that path is not built yet, and a
-chain that needs it is refused with that reason.
+A shipped catalog checkpoint shortens this: the newest one the chain reaches is
+adopted as the new catalog (engine/catalog_adoption.py) and only the segments after
+its LSN are replayed. It is also the only way past compacted segments (their entries
+are gone, only their live chunks are left): a rebuild that would need a compacted
+segment's entries starts from a checkpoint at or after it, or is refused.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
 from engine import Engine, EngineConfig, EngineError
+from engine.catalog_adoption import adopt_catalog
 from engine.entries import SegmentShipped, decode_entry, entry_time_ms
 
+from . import catalog_checkpoint
 from .cold_reader import segment_reader
 from .erasure import HEADER as SHARD_HEADER
 from .erasure import ShardHeader
@@ -39,6 +44,8 @@ class RebuildReport:
     entries: int = 0
     first_lsn: int = 0
     last_lsn: int = 0
+    checkpoint_lsn: int = 0  # the catalog checkpoint started from (0: the log from LSN 1)
+    resumed_from_lsn: int = 0  # an interrupted replay went on after this LSN
     hwm_recorded: int = 0  # the HWM the replayed SegmentShipped entries reached
     segments_recorded_now: int = 0  # past it: recorded by the rebuild
     objects: int = 0
@@ -67,8 +74,26 @@ def discover(stores: list[ShardStore]) -> dict[str, dict]:
     return found
 
 
-def _locations(seg: dict, stores: list[ShardStore]) -> dict:
-    """The segment's locations, read from the first shard header that answers."""
+def discover_checkpoints(stores: list[ShardStore]) -> list[dict]:
+    """Every catalog checkpoint in the stores, oldest first: {id, lsn, shards}."""
+    found: dict[str, dict] = {}
+    for si, store in enumerate(stores):
+        for name in store.list("checkpoints/"):
+            parts = name.split("/")
+            if len(parts) != 3 or not parts[2].startswith("shard-"):
+                continue
+            try:
+                lsn = int(parts[1], 16)
+            except ValueError:
+                continue
+            ck = found.setdefault(parts[1], {"id": parts[1], "lsn": lsn, "shards": {}})
+            ck["shards"][int(parts[2][len("shard-"):])] = (si, name)
+    return sorted(found.values(), key=lambda c: c["lsn"])
+
+
+def _locations(seg: dict, stores: list[ShardStore], kind: str = "segments") -> dict:
+    """The segment's (or checkpoint's) locations, read from the first shard header
+    that answers."""
     for si, name in seg["shards"].values():
         try:
             header = ShardHeader.unpack(stores[si].read_range(name, 0, SHARD_HEADER.size))
@@ -76,10 +101,10 @@ def _locations(seg: dict, stores: list[ShardStore]) -> dict:
         except Exception:  # noqa: BLE001 - another shard may answer
             continue
     else:
-        raise RebuildImpossible(f"segment {seg['id']}: no readable shard header")
+        raise RebuildImpossible(f"{kind[:-1]} {seg['id']}: no readable shard header")
     shards = []
     for i in range(header.k + header.m):
-        si, name = seg["shards"].get(i, (i % len(stores), f"segments/{seg['id']}/shard-{i:02d}"))
+        si, name = seg["shards"].get(i, (i % len(stores), f"{kind}/{seg['id']}/shard-{i:02d}"))
         shards.append([si, name, None, None])  # size and SHA-256 unknown: not recorded
     return {"id": seg["id"], "format": 1, "size": header.segment_length, "k": header.k,
             "m": header.m, "ec_type": header.ec_type, "stripe_size": header.stripe_size,
@@ -102,11 +127,28 @@ def chain(found: dict[str, dict]) -> tuple[list[dict], list[str]]:
     return out, sorted(i for i in found if i not in used)
 
 
-def rebuild(stores: list[ShardStore], engine_dir: str, progress=None, *,
-            upto_lsn: int | None = None, upto_ms: int | None = None) -> RebuildReport:
-    """The store as of the last LSN in cold storage, or as of `upto_lsn` (the entries
-    up to it), or as of `upto_ms` (every entry proposed at or before that wall-clock
-    time; an entry that gives no time goes with the one before it)."""
+def usable_checkpoints(segs: list[dict], checkpoints: list[dict],
+                       upto_lsn: int | None = None) -> list[dict]:
+    """Checkpoints a replay of the chain `segs` may start from, newest first: within
+    the chain (and at or below `upto_lsn`), with no compacted segment after them (a
+    compacted segment's entries are gone; only a start past it avoids them), and with
+    at least one shard per data fragment listed."""
+    if not segs:
+        return []
+    top = segs[-1]["last"] if upto_lsn is None else min(upto_lsn, segs[-1]["last"])
+    past_compacted = max((s["last"] for s in segs if s["compacted"]), default=0)
+    return [c for c in reversed(checkpoints) if past_compacted <= c["lsn"] <= top]
+
+
+def replay(stores: list[ShardStore], engine_dir: str, progress=None, *,
+           upto_lsn: int | None = None, upto_ms: int | None = None,
+           checkpoint: dict | None = None,
+           engine_config: dict | None = None) -> tuple[RebuildReport, Engine, list[dict]]:
+    """Replay cold storage into the engine at `engine_dir`: from `checkpoint` (adopted
+    first, if the directory is new) or from LSN 1, up to the chain's end, `upto_lsn`
+    or `upto_ms`. An engine already there (an interrupted replay) is resumed after its
+    applied LSN. Returns the report, the open engine (the caller closes it) and the
+    chain of segments read (each replayed one with its "loc")."""
     t0 = time.perf_counter()
     report = RebuildReport()
     segs, others = chain(discover(stores))
@@ -118,23 +160,42 @@ def rebuild(stores: list[ShardStore], engine_dir: str, progress=None, *,
                                     f"1..{segs[-1]['last']})")
         segs = [s for s in segs if s["first"] <= upto_lsn]
     report.orphans_ignored = others
-    compacted = [s["id"] for s in segs if s["compacted"]]
-    if compacted:
-        raise RebuildImpossible(
-            f"segments {', '.join(compacted[:3])} were compacted (their entries are gone): a "
-            "rebuild must start from the catalog checkpoint covering them, which is not built yet")
-    engine = Engine(EngineConfig(data_dir=engine_dir, maintenance_interval_s=0,
-                                 ship_retention=True))
+    fresh = not os.path.exists(os.path.join(engine_dir, "catalog", "data.mdb"))
+    if fresh and checkpoint is not None:
+        loc = _locations(checkpoint, stores, kind="checkpoints")
+        loc["lsn"] = checkpoint["lsn"]
+        try:
+            catalog_checkpoint.restore(loc, stores, os.path.join(engine_dir, "catalog"))
+        except Exception as exc:  # noqa: BLE001 - too many shards lost, or damaged
+            raise RebuildImpossible(f"checkpoint {checkpoint['id']} cannot be read: {exc}") from exc
+        adopt_catalog(os.path.join(engine_dir, "catalog"))
+    engine = Engine(EngineConfig(**{**(engine_config or {}), "data_dir": engine_dir,
+                                    "maintenance_interval_s": 0, "ship_retention": True}))
     try:
-        locs, pending, stopped = [], None, False
+        start = engine.applied_lsn
+        if fresh:
+            report.checkpoint_lsn = start
+        else:
+            report.resumed_from_lsn = start
+        compacted = [s["id"] for s in segs if s["compacted"] and s["last"] > start]
+        if compacted:
+            raise RebuildImpossible(
+                f"segments {', '.join(compacted[:3])} were compacted (their entries are gone) "
+                "and no catalog checkpoint at or after them can be used")
+        pending, stopped = None, False
+        report.first_lsn = start + 1
         for n, seg in enumerate(segs):
             if stopped:
                 break
+            report.segments += 1
+            if seg["last"] <= start:
+                continue  # in the checkpoint, or replayed before an interruption
             loc = _locations(seg, stores)
-            locs.append((seg, loc))
             try:
                 reader = segment_reader(loc, stores)
                 for lsn, raw in reader.entries():
+                    if lsn <= start:
+                        continue
                     entry = decode_entry(raw)
                     at = entry_time_ms(entry)
                     if (upto_lsn is not None and lsn > upto_lsn) or (
@@ -148,26 +209,53 @@ def rebuild(stores: list[ShardStore], engine_dir: str, progress=None, *,
                 raise
             except Exception as exc:  # noqa: BLE001 - too many shards lost, or damaged
                 raise RebuildImpossible(f"segment {seg['id']} cannot be read: {exc}") from exc
+            seg["loc"] = loc
             report.segment_bytes += loc["size"]
             if progress:
                 progress(n + 1, len(segs), report)
-        last = locs[-1][0]["last"]
         if pending is not None:
             pending.wait()  # published in log order: everything before it is too
         report.hwm_recorded = engine.cold_hwm
+        report.last_lsn = max(report.last_lsn, engine.applied_lsn)
+    except BaseException:
+        engine.close()
+        raise
+    report.duration_s = round(time.perf_counter() - t0, 3)
+    return report, engine, segs[:report.segments]
+
+
+def rebuild(stores: list[ShardStore], engine_dir: str, progress=None, *,
+            upto_lsn: int | None = None, upto_ms: int | None = None) -> RebuildReport:
+    """The store as of the last LSN in cold storage, or as of `upto_lsn` (the entries
+    up to it), or as of `upto_ms` (every entry proposed at or before that wall-clock
+    time; an entry that gives no time goes with the one before it). Starts from the
+    newest usable catalog checkpoint (by LSN; a point in time replays from LSN 1
+    unless compacted history forces a checkpoint)."""
+    t0 = time.perf_counter()
+    segs, _ = chain(discover(stores))
+    checkpoint = None
+    if segs:
+        usable = usable_checkpoints(segs, discover_checkpoints(stores), upto_lsn)
+        needs_one = any(s["compacted"] for s in segs)
+        if usable and (upto_ms is None or needs_one):
+            checkpoint = usable[0]
+    report, engine, read = replay(stores, engine_dir, progress, upto_lsn=upto_lsn,
+                                  upto_ms=upto_ms, checkpoint=checkpoint)
+    try:
+        last = read[-1]["last"] if read else engine.applied_lsn
         lsn = max(engine.applied_lsn, last)
-        for seg, loc in locs:  # past the recorded HWM: record them now
+        for seg in read:  # past the recorded HWM (a checkpoint's skipped ones too): record them now
             if seg["last"] <= engine.cold_hwm:
                 continue
             lsn += 1
+            loc = seg.get("loc") or _locations(seg, stores)
             result = engine.apply(lsn, SegmentShipped(seg["first"], seg["last"], loc))
             if result.error:
                 raise RebuildImpossible(f"segment {seg['id']}: {result.error}")
             report.segments_recorded_now += 1
         stats = engine.stats()
-        report.segments, report.first_lsn = len(locs), 1
         if upto_lsn is None and upto_ms is None:
-            report.last_lsn = last
+            report.last_lsn = max(report.last_lsn, last)
         report.cold_chunks = stats.get("cold_chunks", 0)
         with engine.catalog.read() as t:
             report.objects = t.count("objects")

@@ -104,3 +104,53 @@ def test_rebuild_says_what_it_needs(tmp_path):
     out = rebuild(str(cfg), str(tmp_path / "y"))
     assert out.returncode == 1 and "no segment starting at LSN 1" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_rebuild_past_compacted_history_starts_from_a_catalog_checkpoint(tmp_path):
+    """Cold compaction drops the entries of mostly dead segments: a replay from LSN 1
+    is impossible, so the rebuild adopts the newest catalog checkpoint the chain
+    reaches and replays only what follows it."""
+    stores = ", ".join(json.dumps(f"file://{tmp_path}/cold/d{i}") for i in range(6))
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(CONFIG.format(stores=stores) + "checkpoint_segments = 1\nhistory_retention_s = 0\n"
+                   "compact_interval_s = 0.5\ncompact_delete_grace_s = 0\n")
+    data_dir = str(tmp_path / "node")
+    srv = start(data_dir, extra_args=("--config", str(cfg)))
+    model = {}
+    try:
+        s3 = srv.boto3_client()
+        s3.create_bucket(Bucket="bkt")
+        for i in range(24):
+            s3.put_object(Bucket="bkt", Key=f"doomed/{i}", Body=os.urandom(256 << 10))
+        target = status(srv)["cold"]["data_lsn"]
+        wait_for(lambda: status(srv)["hwm"] >= target, timeout=60)
+        s3.delete_objects(Bucket="bkt", Delete={"Objects": [{"Key": f"doomed/{i}"} for i in range(24)]})
+        for i in range(8):
+            model[f"kept/{i}"] = data = os.urandom(256 << 10)
+            s3.put_object(Bucket="bkt", Key=f"kept/{i}", Body=data)
+        wait_for(lambda: (lambda c: c["compactions"] and c["shards_deleted"] and not c["pending_deletes"])(
+            status(srv)["cold"]["compaction"]), timeout=90, interval=0.3)
+        for i in range(4):  # and some history after the compaction
+            model[f"late/{i}"] = data = os.urandom(100_000)
+            s3.put_object(Bucket="bkt", Key=f"late/{i}", Body=data)
+        target = status(srv)["cold"]["data_lsn"]
+        wait_for(lambda: status(srv)["hwm"] >= target, timeout=60)
+    finally:
+        stop(srv, signal.SIGKILL)
+    shutil.rmtree(data_dir)
+    segments = os.listdir(tmp_path / "cold" / "d0" / "segments")
+    assert any(len(s.split("-")) > 2 for s in segments), segments  # a compacted segment is there
+
+    into = str(tmp_path / "rebuilt")
+    out = rebuild(str(cfg), into, "--json")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["checkpoint_lsn"] > 0 and rep["last_lsn"] >= target and rep["objects"] == len(model)
+    srv = start(into, extra_args=("--config", str(cfg)))
+    try:
+        s3 = srv.boto3_client()
+        assert {o["Key"] for o in s3.list_objects_v2(Bucket="bkt")["Contents"]} == set(model)
+        for key, data in model.items():
+            assert s3.get_object(Bucket="bkt", Key=key)["Body"].read() == data, key
+    finally:
+        stop(srv)
