@@ -29,6 +29,7 @@ import collections
 import logging
 import os
 import struct
+import threading
 from array import array
 
 import crc32c
@@ -52,6 +53,9 @@ class DurableJournal(Journal):
         self._offsets = array("Q")  # file offset of entry number i (0-based position)
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._dirty = False
+        # pysyncobj's thread owns the journal; the lock only orders another thread's
+        # `entry_at` (a peer seeding a rehydrated member) with truncations
+        self._lock = threading.Lock()
         self.fsyncs = 0
         self.torn_tail_cut = 0
         self._meta = self._load_meta()
@@ -139,6 +143,10 @@ class DurableJournal(Journal):
         """Drop the first `entryTo` entries (truncation up to the cold HWM): copy the
         rest, byte for byte, into a new file made durable before it replaces the old
         one (then the directory is synced). Streams: memory does not grow with the log."""
+        with self._lock:
+            self._delete_entries_to(entryTo)
+
+    def _delete_entries_to(self, entryTo):
         entryTo = min(entryTo, len(self._offsets))
         start = self._offsets[entryTo] if entryTo < len(self._offsets) else self._end
         shift = start - len(MAGIC)
@@ -185,6 +193,45 @@ class DurableJournal(Journal):
     def _destroy(self):
         self.close()
 
+    # ---- rehydration ------------------------------------------------------------------
+    def entry_at(self, index: int):
+        """(first index, last index, (command, index, term) or None): safe from any
+        thread. None when `index` is outside the journal."""
+        with self._lock:
+            n = len(self._offsets)
+            if not n:
+                return 0, 0, None
+            first = self[0][1]
+            last = self[n - 1][1]
+            entry = self[index - first] if first <= index <= last else None
+            return first, last, entry
+
+    def seed(self, entry: tuple, term: int, vote_floor: int) -> None:
+        """Start an empty journal (a rehydrated member's) at `entry`, the anchor: its
+        engine holds everything up to it. `term` is the group's current term, with a
+        vote already cast in it (no second vote in a term this member may have voted
+        in before it lost its disk); `vote_floor`: see `vote_floor`."""
+        if len(self):
+            raise RuntimeError(f"{self.path} is not empty: a seed starts a new journal")
+        command, index, entry_term = entry
+        self.add(command, index, entry_term)
+        self.sync()
+        self._meta.update(term=term, voted_for="(rehydrated)", commit=index, vote_floor=vote_floor)
+        self._store_meta()
+
+    @property
+    def vote_floor(self) -> int:
+        """A rehydrated member neither votes nor stands for election until its journal
+        reaches this index: the highest any peer held when it was seeded. Before its
+        disk was lost it may have acknowledged entries up to there, and a majority that
+        counted on those acknowledgements must not be outvoted by a member that has
+        forgotten them."""
+        return self._meta.get("vote_floor", 0)
+
+    def clear_vote_floor(self) -> None:
+        self._meta.pop("vote_floor", None)
+        self._store_meta()
+
     def setRaftCommitIndex(self, raftCommitIndex):
         if self._meta.get("commit") != raftCommitIndex:
             self._meta["commit"] = raftCommitIndex
@@ -226,6 +273,10 @@ class DurableJournal(Journal):
         return (command, idx, term)
 
     def _truncate(self, pos: int) -> None:
+        with self._lock:
+            self._truncate_locked(pos)
+
+    def _truncate_locked(self, pos: int) -> None:
         end = self._offsets[pos] if pos < len(self._offsets) else self._end
         if pos == 0:
             end = len(MAGIC)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import pysyncobj.syncobj as _syncobj_module
 from pysyncobj import SyncObj, SyncObjConf, replicated
@@ -135,6 +136,7 @@ class RaftMember(SyncObj):
         transport = self._SyncObj__transport
         self.addOnTickCallback(transport.flush_durable)
         self.addOnTickCallback(self._truncate_journal)
+        self.addOnTickCallback(self._check_vote_floor)
         self._deliver = transport._onMessageReceivedCallback
         transport.setOnMessageReceivedCallback(self._on_message)
 
@@ -160,6 +162,22 @@ class RaftMember(SyncObj):
         if self._isLeader() and self._SyncObj__raftLog[-1][1] != before:
             self._SyncObj__sendAppendEntries()
 
+    def _onTick(self, timeToWait=0.0):
+        """A rehydrated member below its vote floor (DurableJournal.vote_floor) does not
+        stand for election: its election deadline is kept in the future."""
+        if self._vote_floor and not self._isLeader():
+            self._SyncObj__raftElectionDeadline = time.monotonic() + 1.0
+        super()._onTick(timeToWait)
+
+    @property
+    def _vote_floor(self) -> int:
+        return self.tidestore_journal.vote_floor
+
+    def _check_vote_floor(self) -> None:
+        journal = self.tidestore_journal
+        if journal.vote_floor and len(journal) and journal[-1][1] >= journal.vote_floor:
+            journal.clear_vote_floor()  # caught up: a full member again
+
     def _on_message(self, node, message):
         """pysyncobj 0.3.17's leader sets a follower's next index back to `acked + 1`
         on every successful ack, although it has already sent the entries after it:
@@ -170,6 +188,8 @@ class RaftMember(SyncObj):
         match index forward; the next index never goes back on success. (A real gap,
         a lost connection, is answered by the follower with reset=True, which still
         rewinds it.)"""
+        if message.get("type") == "request_vote" and self._vote_floor:
+            return  # below its vote floor a rehydrated member votes for no one
         if message.get("type") == "next_node_idx" and message.get("success") and not message.get("reset"):
             next_index = self._SyncObj__raftNextIndex
             before = next_index.get(node)

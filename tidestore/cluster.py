@@ -71,6 +71,7 @@ class Cluster:
         self.control_server = ControlServer(host, port, self.config.cluster_secret, {
             "read_index": self.log.handle_read_index,
             "status": self._handle_status,
+            "journal_entry": self._handle_journal_entry,
         }, node_id=self.node_id)
         await self.control_server.start()
         host, port = split_listen(self.config.data_listen)
@@ -178,6 +179,15 @@ class Cluster:
 
     async def _handle_status(self, _params: dict) -> dict:
         return self.local_status()
+
+    async def _handle_journal_entry(self, params: dict) -> dict:
+        """For `tidestore rehydrate` seeding a lost member's journal: one entry of this
+        member's journal (the anchor), its range, and the current term."""
+        first, last, entry = self.log.journal.entry_at(int(params["index"]))
+        raft = self.log.raft
+        return {"node_id": self.node_id, "first": first, "last": last,
+                "term": raft._SyncObj__raftCurrentTerm,
+                "entry": [bytes(entry[0]), entry[1], entry[2]] if entry else None}
 
     async def group_status(self) -> list:
         """Every member's status, this one's first; an unreachable member says so."""

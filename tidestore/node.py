@@ -26,6 +26,7 @@ from .config import NodeConfig
 
 
 KEEP_ALL_AT_RECOVERY = 100 * 365 * 86400.0  # seconds: an undo grace no transaction outlives
+REHYDRATING = "REHYDRATING"  # in a data directory `tidestore rehydrate` has not finished
 
 
 class Node:
@@ -34,6 +35,9 @@ class Node:
         if config.clean_slate and os.path.isdir(config.data_dir):
             shutil.rmtree(config.data_dir)
         os.makedirs(config.data_dir, exist_ok=True)
+        if os.path.exists(os.path.join(config.data_dir, REHYDRATING)):
+            raise SystemExit(f"tidestore: the rehydration of {config.data_dir} has not finished: run "
+                             "`tidestore rehydrate --config <this node's config>` again (it resumes)")
         self.access_key, self.secret_key, self.generated_credentials = credentials.load_or_create(
             config.data_dir, config.access_key, config.secret_key)
         engine_settings = dict(config.engine)
