@@ -81,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--into", required=True, help="the new data directory")
     rebuild.add_argument("--json", action="store_true", help="machine-readable output")
 
+    rehydrate = sub.add_parser("rehydrate", help="rebuild a lost member of a running group from cold "
+                                                 "storage and its peers",
+                               description="A group member's data directory is gone: replay cold storage "
+                                           "(newest catalog checkpoint + segments) into it, seed its Raft "
+                                           "journal from a peer, and leave it ready to `serve`: it then "
+                                           "rejoins and catches up. Resumable: run it again if interrupted.")
+    rehydrate.add_argument("--config", required=True, help="the lost member's TOML file")
+    rehydrate.add_argument("--force", action="store_true",
+                           help="go on when a peer does not answer (see the README for the risk)")
+    rehydrate.add_argument("--json", action="store_true", help="machine-readable output")
+
     restore = sub.add_parser("restore", help="the store as it was at an LSN or a time, into a new directory",
                              description="Replay the cold tier's history up to an LSN or a time into a "
                                          "new data directory, without touching the running group; the "
@@ -92,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     point.add_argument("--lsn", type=int, help="restore the state after this log LSN")
     point.add_argument("--time", help="restore the state at this time (ISO 8601, UTC if no zone; "
                                       "or epoch seconds)")
+    restore.add_argument("--bucket", help="restore only this bucket (the others are left out)")
     restore.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -152,11 +164,16 @@ def main(argv=None) -> int:
     if args.command == "restore":
         from . import restore_cli
 
-        return restore_cli.run(args.config, args.into, args.lsn, args.time, args.json)
+        return restore_cli.run(args.config, args.into, args.lsn, args.time, args.json,
+                               bucket=args.bucket)
     if args.command == "rebuild":
         from . import rebuild_cli
 
         return rebuild_cli.run(args.config, args.into, args.json)
+    if args.command == "rehydrate":
+        from . import rehydrate_cli
+
+        return rehydrate_cli.run(args.config, args.json, args.force)
     if args.command == "recover":
         from . import recover_cli
 

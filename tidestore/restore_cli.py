@@ -1,7 +1,11 @@
 """`tidestore restore`: the store as it was at an LSN or a time, into a new directory,
 from the cold tier's history (its segments are the log), without touching the running
 group: the stores are only read, and the restored store is given a config whose cold
-tier is read-only (it reads its chunks from the group's stores and ships nothing)."""
+tier is read-only (it reads its chunks from the group's stores and ships nothing).
+
+`--bucket B` restores one bucket: the whole log is replayed to the point (an entry
+may read another bucket: a copy's source), then every other bucket is removed from
+the restored store by entries of its own, after the point."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import json
 import os
 import sys
 
+from engine import Engine, EngineConfig
+from engine.entries import AbortMultipartUpload, DeleteBucket, DeleteObjects
 from tiering.cold_config import ColdConfig
 from tiering.cold_rebuild import RebuildImpossible, rebuild
 
@@ -34,8 +40,44 @@ def _toml(value) -> str:
     return json.dumps(value)  # strings, numbers and lists of strings are valid TOML
 
 
+def keep_only_bucket(engine_dir: str, bucket: str) -> int:
+    """Remove every bucket but `bucket` from a restored store; returns the number of
+    objects removed. Raises LookupError if `bucket` did not exist at that point."""
+    engine = Engine(EngineConfig(data_dir=engine_dir, maintenance_interval_s=0, ship_retention=True))
+    try:
+        names = [name for name, _rec in engine.list_buckets()]
+        if bucket not in names:
+            raise LookupError(f"bucket {bucket!r} did not exist at that point (buckets then: "
+                              f"{', '.join(names) or 'none'})")
+        lsn, removed = engine.applied_lsn, 0
+        for name in names:
+            if name == bucket:
+                continue
+            while True:
+                page = engine.list_uploads(name, max_uploads=1000)
+                for key, upload_id, _rec in page.uploads:
+                    lsn += 1
+                    engine.apply(lsn, AbortMultipartUpload(name, key, upload_id))
+                if not page.is_truncated:
+                    break
+            while True:
+                page = engine.list_objects(name, max_keys=1000)
+                if not page.entries:
+                    break
+                lsn += 1
+                engine.apply(lsn, DeleteObjects(name, [k for k, _rec in page.entries]))
+                removed += len(page.entries)
+            lsn += 1
+            result = engine.apply(lsn, DeleteBucket(name))
+            if result.error:
+                raise RuntimeError(f"removing bucket {name} from the restored store: {result.error}")
+        return removed
+    finally:
+        engine.close()
+
+
 def run(config_path: str, into: str, lsn: int | None, at: str | None, as_json: bool,
-        out=sys.stdout) -> int:
+        out=sys.stdout, bucket: str | None = None) -> int:
     """0: restored; 1: cold storage cannot give that point; 2: bad arguments."""
     if os.path.exists(os.path.join(into, "engine")):
         print(f"tidestore: {into} already holds a store; restore into a new directory", file=sys.stderr)
@@ -55,19 +97,30 @@ def run(config_path: str, into: str, lsn: int | None, at: str | None, as_json: b
     except RebuildImpossible as exc:
         print(f"tidestore: cannot restore: {exc}", file=sys.stderr)
         return 1
+    others_removed = 0
+    if bucket is not None:
+        try:
+            others_removed = keep_only_bucket(os.path.join(into, "engine"), bucket)
+        except LookupError as exc:
+            print(f"tidestore: cannot restore: {exc.args[0]}", file=sys.stderr)
+            return 1
     cold_table["read_only"] = True
     restored_cfg = os.path.join(into, "restore.toml")
     fd = os.open(restored_cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold keys
     with os.fdopen(fd, "w") as f:
         f.write("[cold]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in cold_table.items()
                                      if v is not None))
-    result = {**rep.to_dict(), "restored_to_lsn": rep.last_lsn, "config": restored_cfg}
+    result = {**rep.to_dict(), "restored_to_lsn": rep.last_lsn, "config": restored_cfg,
+              "bucket": bucket, "other_objects_removed": others_removed}
+    if bucket is not None:
+        result["objects"] = rep.objects - others_removed
     if as_json:
         json.dump(result, out, indent=2)
         out.write("\n")
     else:
-        print(f"Restored {os.path.abspath(into)} as of LSN {rep.last_lsn} ({rep.entries} entries "
-              f"replayed, {rep.objects} objects) in {rep.duration_s:.2f}s", file=out)
+        what = f"bucket {bucket} " if bucket else ""
+        print(f"Restored {what}into {os.path.abspath(into)} as of LSN {rep.last_lsn} ({rep.entries} "
+              f"entries replayed, {result['objects']} objects) in {rep.duration_s:.2f}s", file=out)
         print(f"Serve it (its cold tier is read-only): tidestore serve --config {restored_cfg} "
               f"--data-dir {into} --listen 127.0.0.1:9100", file=out)
     return 0

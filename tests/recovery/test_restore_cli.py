@@ -86,3 +86,47 @@ def test_restore_to_an_earlier_lsn_and_time_beside_the_running_store(tmp_path):
         assert later.returncode == 1 and "not in cold storage yet" in later.stderr
     finally:
         stop(srv)
+
+
+def test_restore_one_bucket(tmp_path):
+    """--bucket: the restored store holds that bucket alone, as it was at the point,
+    including an object copied into it from a bucket that is left out."""
+    stores = ", ".join(json.dumps(f"file://{tmp_path}/cold/d{i}") for i in range(6))
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(CONFIG.format(stores=stores))
+    srv = start(str(tmp_path / "node"), extra_args=("--config", str(cfg)))
+    try:
+        s3 = srv.boto3_client()
+        s3.create_bucket(Bucket="pit")
+        s3.create_bucket(Bucket="other")
+        then = {}
+        for i in range(6):
+            then[f"k{i}"] = data = os.urandom(120_000 + i)
+            s3.put_object(Bucket="pit", Key=f"k{i}", Body=data)
+            s3.put_object(Bucket="other", Key=f"o{i}", Body=os.urandom(1000))
+        src = os.urandom(70_000)
+        s3.put_object(Bucket="other", Key="source", Body=src)
+        s3.copy_object(Bucket="pit", Key="copied", CopySource={"Bucket": "other", "Key": "source"})
+        then["copied"] = src
+        s3.create_multipart_upload(Bucket="other", Key="open-upload")
+        lsn_then = status(srv)["cold"]["data_lsn"]
+        s3.delete_object(Bucket="pit", Key="k0")  # after the point
+        s3.put_object(Bucket="pit", Key="k1", Body=b"overwritten later")
+        target = status(srv)["cold"]["data_lsn"]
+        wait_for(lambda: status(srv)["hwm"] >= target, timeout=60)
+
+        into = str(tmp_path / "r-bucket")
+        out = restore(str(cfg), into, "--lsn", str(lsn_then), "--bucket", "pit")
+        assert out.returncode == 0, out.stderr
+        rep = json.loads(out.stdout)
+        assert rep["bucket"] == "pit" and rep["objects"] == len(then) and rep["other_objects_removed"] == 7
+        serves_exactly(into, then)
+        srv2 = start(into, extra_args=("--config", os.path.join(into, "restore.toml")))
+        try:
+            assert [b["Name"] for b in srv2.boto3_client().list_buckets()["Buckets"]] == ["pit"]
+        finally:
+            stop(srv2)
+        missing = restore(str(cfg), str(tmp_path / "r-none"), "--lsn", str(lsn_then), "--bucket", "nope")
+        assert missing.returncode == 1 and "did not exist" in missing.stderr and "Traceback" not in missing.stderr
+    finally:
+        stop(srv)
