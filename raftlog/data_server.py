@@ -52,6 +52,9 @@ class DataServer:
         self.engine = engine
         self._secret = wire.secret_key(secret)
         self._executor = executor
+        # where a chunk this engine no longer holds is read for a peer (the node's cold
+        # tier): a rehydrated member fills chunks its peers have already evicted
+        self.read_elsewhere = None  # callable(chunk_id) -> bytes | None, blocking
         self._server: asyncio.AbstractServer | None = None
         self._sessions: dict[asyncio.Task, asyncio.StreamWriter] = {}
         # aborts and writes are ordered under this lock, so a chunk that was still in
@@ -123,10 +126,17 @@ class DataServer:
 
     def _read(self, chunk_id: bytes) -> bytes | None:
         try:
-            return self.engine.read_chunk_by_id(chunk_id)
+            data = self.engine.read_chunk_by_id(chunk_id)
         except EngineError as e:  # a damaged local copy: let the peer try elsewhere
             log.warning("cannot serve chunk %s: %s", chunk_id.hex(), e)
             return None
+        if data is None and self.read_elsewhere is not None:
+            try:
+                data = self.read_elsewhere(chunk_id)
+            except Exception as e:  # noqa: BLE001 - the peer tries elsewhere
+                log.warning("cannot serve chunk %s from cold storage: %s", chunk_id.hex(), e)
+                return None
+        return data
 
     def _has(self, chunk_ids: list) -> list[bool]:
         return [self.engine.has_chunk(c) for c in chunk_ids]

@@ -92,6 +92,11 @@ class Node:
             self.cold.start()
             if cluster is not None:
                 cluster.extra_status = self.cold_status
+                cluster.data_server.read_elsewhere = self._cold_chunk_or_none
+
+    def _cold_chunk_or_none(self, chunk_id: bytes) -> bytes | None:
+        """For a peer's fetch (blocking): a chunk this node evicted, from cold storage."""
+        return self.cold.read_chunk(chunk_id) if self.cold.holds(chunk_id) else None
 
     def _propose_from_thread(self, entry: Entry) -> ApplyResult:
         """For the shipper's thread: commit an entry through the log on the loop."""

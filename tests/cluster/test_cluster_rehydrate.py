@@ -21,6 +21,7 @@ from test_cluster_cold_tier import body, put_some
 MiB = 1 << 20
 ENGINE = {"segment_size": MiB, "checkpoint_bytes": MiB, "checkpoint_interval_s": 1.0}
 COLD = {"segment_bytes": 128 << 10, "seal_age_s": 0.3, "ship_interval_s": 0.1, "cache_bytes": 0,
+        "hot_budget": 2 * MiB,  # the peers evict: old chunks are read from cold storage
         "checkpoint_segments": 3}
 
 
