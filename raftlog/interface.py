@@ -13,6 +13,13 @@ class LogUnavailable(Exception):
     """The log cannot commit right now (no quorum, shutting down): S3 503."""
 
 
+class JournalLost(Exception):
+    """A group member's engine holds applied entries but its Raft journal is empty: the
+    directory is a rebuilt or restored store, or a member whose journal was lost.
+    pysyncobj would number new entries from 1 again, below what the engine applied
+    (so they would be skipped as already applied): refuse to start instead."""
+
+
 class ReplicatedLog(Protocol):
     async def propose(self, entry: Entry) -> ApplyResult:
         """Commit an entry and return its result once applied on this node."""

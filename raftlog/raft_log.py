@@ -31,7 +31,7 @@ from engine.entries import Entry, Noop, decode_entry, encode_entry
 from engine.publisher import Pending
 from engine.state_machine import ApplyResult
 
-from .interface import LogUnavailable
+from .interface import JournalLost, LogUnavailable
 from .raft_journal import DurableJournal
 from .raft_node import RaftMember
 
@@ -69,6 +69,13 @@ class RaftLog:
         self._barrier = _Coalescer(self._leader_barrier)
         self._follower_barrier = _Coalescer(self._ask_leader)
         self.journal = DurableJournal(journal_dir)
+        if not len(self.journal) and engine.applied_lsn > 0:
+            self.journal.close()
+            raise JournalLost(
+                f"this node's engine has applied LSN {engine.applied_lsn} but its Raft journal "
+                f"({journal_dir}) is empty: a rebuilt or restored store is served on its own "
+                "(a config without [[peers]]), and a member that lost its journal is rebuilt "
+                "with `tidestore rehydrate` (move its data directory aside first)")
         partners = [(m["raft"], m["raft_connect"]) if m.get("raft_connect") else m["raft"]
                     for mid, m in members.items() if mid != node_id]
         self.raft = RaftMember(members[node_id]["raft"], partners, self.journal, self._apply,

@@ -14,6 +14,26 @@ from tiering.cold_rebuild import RebuildImpossible, rebuild
 from .config import load
 
 
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value)  # strings, numbers and lists of strings are valid TOML
+
+
+def write_config(path: str, config, **cold_overrides) -> str:
+    """The rebuilt (or restored) store's own config: the same S3 credentials, engine
+    and cold settings, and no [[peers]]: it is served as a single node (its log
+    starts where the rebuilt one ends; a group member's journal would not)."""
+    lines = [f"{k} = {_toml(getattr(config, k))}" for k in ("access_key", "secret_key", "region")
+             if getattr(config, k, None)]
+    for table, values in (("engine", dict(config.engine)), ("cold", {**config.cold, **cold_overrides})):
+        lines += ["", f"[{table}]"] + [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds keys
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 def run(config_path: str, into: str, as_json: bool, out=sys.stdout) -> int:
     """0: rebuilt; 1: cold storage cannot give a complete store; 2: bad arguments."""
     if os.path.exists(os.path.join(into, "engine")):
@@ -21,7 +41,8 @@ def run(config_path: str, into: str, as_json: bool, out=sys.stdout) -> int:
               file=sys.stderr)
         return 2
     try:
-        cold = ColdConfig.from_dict(load(config_path).cold)
+        config = load(config_path)
+        cold = ColdConfig.from_dict(config.cold)
         if not cold.stores:
             raise ValueError("the config names no [cold] stores (the embedded default lived in "
                              "the lost data directory)")
@@ -42,13 +63,14 @@ def run(config_path: str, into: str, as_json: bool, out=sys.stdout) -> int:
         return 1
     if not as_json:
         print(file=sys.stderr)
+    rebuilt_cfg = write_config(os.path.join(into, "rebuilt.toml"), config)
     if as_json:
-        json.dump(rep.to_dict(), out, indent=2)
+        json.dump({**rep.to_dict(), "config": rebuilt_cfg}, out, indent=2)
         out.write("\n")
     else:
         print(f"Rebuilt {os.path.abspath(into)} from {rep.segments} segments "
               f"(LSN {rep.first_lsn}..{rep.last_lsn}, {rep.entries} entries, "
               f"{rep.segment_bytes / 1e6:.1f} MB) in {rep.duration_s:.2f}s: {rep.objects} objects, "
               f"{rep.cold_chunks} chunks in cold storage", file=out)
-        print(f"Serve it: tidestore serve --config {config_path} --data-dir {into}", file=out)
+        print(f"Serve it: tidestore serve --config {rebuilt_cfg} --data-dir {into}", file=out)
     return 0

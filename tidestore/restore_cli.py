@@ -20,6 +20,7 @@ from tiering.cold_config import ColdConfig
 from tiering.cold_rebuild import RebuildImpossible, rebuild
 
 from .config import load
+from .rebuild_cli import write_config
 
 
 def parse_time(text: str) -> int:
@@ -32,12 +33,6 @@ def parse_time(text: str) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.timezone.utc)
     return int(when.timestamp() * 1000)
-
-
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return json.dumps(value)  # strings, numbers and lists of strings are valid TOML
 
 
 def keep_only_bucket(engine_dir: str, bucket: str) -> int:
@@ -84,8 +79,8 @@ def run(config_path: str, into: str, lsn: int | None, at: str | None, as_json: b
         return 2
     try:
         upto_ms = parse_time(at) if at is not None else None
-        cold_table = dict(load(config_path).cold)
-        cold = ColdConfig.from_dict(cold_table)
+        config = load(config_path)
+        cold = ColdConfig.from_dict(config.cold)
         if not cold.stores:
             raise ValueError("the config names no [cold] stores")
         stores = cold.open_stores(into)
@@ -104,12 +99,7 @@ def run(config_path: str, into: str, lsn: int | None, at: str | None, as_json: b
         except LookupError as exc:
             print(f"tidestore: cannot restore: {exc.args[0]}", file=sys.stderr)
             return 1
-    cold_table["read_only"] = True
-    restored_cfg = os.path.join(into, "restore.toml")
-    fd = os.open(restored_cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold keys
-    with os.fdopen(fd, "w") as f:
-        f.write("[cold]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in cold_table.items()
-                                     if v is not None))
+    restored_cfg = write_config(os.path.join(into, "restore.toml"), config, read_only=True)
     result = {**rep.to_dict(), "restored_to_lsn": rep.last_lsn, "config": restored_cfg,
               "bucket": bucket, "other_objects_removed": others_removed}
     if bucket is not None:

@@ -10,6 +10,7 @@ import sys
 from aiohttp import web
 
 from engine import DirectoryInUse
+from raftlog import JournalLost
 from s3front.app import make_app
 
 from .config import NodeConfig
@@ -21,7 +22,7 @@ log = logging.getLogger("tidestore")
 async def serve(config: NodeConfig, out=sys.stdout) -> None:
     try:
         node = Node(config)
-    except DirectoryInUse as exc:
+    except (DirectoryInUse, JournalLost) as exc:
         raise SystemExit(f"tidestore: {exc}") from None
     try:
         await node.start()

@@ -2,7 +2,8 @@
 keep taking writes; `tidestore rehydrate` rebuilds it from the cold tier and its
 peers (interrupted once with SIGKILL, then resumed), the member is started and
 rejoins, and all three replicas end with identical catalogs, every acknowledged
-object reading back identical through the rehydrated one."""
+object reading back identical through the rehydrated one. Then every replica is
+lost, and `tidestore rebuild` makes the same store from the group's cold storage."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import threading
 import time
 
 from group import ROOT, Group, catalog
+from tidestore.testing import start, stop
 from test_cluster_cold_tier import body, put_some
 
 MiB = 1 << 20
@@ -144,6 +146,32 @@ def test_a_lost_member_is_rehydrated_while_the_group_keeps_writing(tmp_path):
         client.put_object(Bucket="rehy", Key="after", Body=b"back")
         for m in survivors:
             assert m.client().get_object(Bucket="rehy", Key="after")["Body"].read() == b"back"
+
+        # every replica lost: the group's cold storage alone rebuilds the same store
+        written["after"] = b"back"
+        wait_shipped(group, group.members)
+        expected = catalog(leader.client())
+        into = str(tmp_path / "rebuilt")
+        out = subprocess.run([sys.executable, "-m", "tidestore", "rebuild", "--config", cfg,
+                              "--into", into, "--json"], capture_output=True, text=True,
+                             timeout=180, env=_env())
+        assert out.returncode == 0, out.stderr
+        rebuilt_cfg = json.loads(out.stdout)["config"]
+        # a group member's config would number new entries from 1 again: refused
+        refused = subprocess.run([sys.executable, "-m", "tidestore", "serve", "--config", cfg,
+                                  "--data-dir", into], capture_output=True, text=True,
+                                 timeout=60, env=_env())
+        assert refused.returncode != 0 and "journal" in refused.stderr and "Traceback" not in refused.stderr
+        for m in group.members:  # a rebuilt store ships into the same stores: never beside the group
+            m.stop()
+        srv = start(into, extra_args=("--config", rebuilt_cfg))
+        try:
+            s3 = srv.boto3_client()
+            assert catalog(s3) == expected
+            for key, data in written.items():
+                assert s3.get_object(Bucket="rehy", Key=key)["Body"].read() == data, key
+        finally:
+            stop(srv)
     finally:
         if writer is not None:
             writer.stop.set()
