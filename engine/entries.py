@@ -136,6 +136,10 @@ class CompleteMultipartUpload(Entry):
     min_part_size: int = 5 << 20
     if_none_match: bool = False
     if_match: str | None = None
+    # the object's checksum, computed by the front from the parts' ({algorithm, type,
+    # value, parts: each listed part's checksum}); applied only if the parts still
+    # carry those checksums (a part uploaded again meanwhile: InvalidPart)
+    checksum: dict | None = None
 
 
 @dataclass(frozen=True)

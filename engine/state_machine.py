@@ -335,6 +335,14 @@ class StateMachine:
         for number, part in zip(numbers[:-1], chosen[:-1]):
             if part["size"] < e.min_part_size:
                 return ApplyResult("EntityTooSmall", {"part_number": number})
+        meta = upload["meta"]
+        if e.checksum:
+            alg = e.checksum["algorithm"]
+            for number, part, value in zip(numbers, chosen, e.checksum["parts"]):
+                if (part.get("checksums") or {}).get(alg) != value:
+                    return ApplyResult("InvalidPart", {"part_number": number})
+            meta = {**meta, "checksums": {alg: e.checksum["value"]},
+                    "checksum_type": e.checksum["type"]}
         refused = _write_condition(e, t.object(e.bucket, e.key))
         if refused is not None:
             return refused  # the upload stays, as in S3: the client may retry without it
@@ -348,7 +356,7 @@ class StateMachine:
         self._drop_upload(e.bucket, e.key, e.upload_id)
         t.put_object(e.bucket, e.key, {
             "size": sum(p["size"] for p in chosen), "etag": etag, "mtime": e.mtime_ms,
-            "chunks": [[c, n] for c, n in chunks], "meta": upload["meta"],
+            "chunks": [[c, n] for c, n in chunks], "meta": meta,
             "parts": [[p["size"], len(p["chunks"])] for p in chosen],
         })
         return ApplyResult(value={"etag": etag, "mtime_ms": e.mtime_ms})

@@ -117,8 +117,11 @@ class Ingested:
     checksums: dict = field(default_factory=dict)  # algorithm -> base64
 
 
-async def ingest(node, request, auth: AuthResult, max_size: int) -> Ingested:
-    """Stream the body into a new transaction; verify every digest the client sent."""
+async def ingest(node, request, auth: AuthResult, max_size: int,
+                 also: str | None = None) -> Ingested:
+    """Stream the body into a new transaction; verify every digest the client sent.
+    `also`: a checksum algorithm computed even if the client sent none (a part of an
+    upload created with one)."""
     headers = request.headers
     expected = checksum_headers(headers)
     algorithms = set(expected)
@@ -129,6 +132,8 @@ async def ingest(node, request, auth: AuthResult, max_size: int) -> Ingested:
     sdk_alg = headers.get("x-amz-sdk-checksum-algorithm") or headers.get("x-amz-checksum-algorithm")
     if sdk_alg:
         algorithms.add(sdk_alg.upper())
+    if also:
+        algorithms.add(also)
     hasher = MultiHasher(algorithms, sha256=auth.payload_mode is PayloadMode.SHA256)
     body = Body(request, auth)
     if body.length is not None and body.length > max_size:

@@ -4,6 +4,7 @@ upload is one log entry that hands the parts' chunks to the object, copying noth
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 
@@ -11,7 +12,8 @@ from aiohttp import web
 
 from engine import entries as E
 
-from . import conditions, object_meta
+from . import conditions, multipart_checksums, object_meta
+from .checksums import checksum_headers, new_checksum, normalize_algorithm
 from .context import Ctx
 from .errors import S3Error
 from .ingest import Body, ingest
@@ -59,13 +61,16 @@ async def create_upload(ctx: Ctx):
     require_bucket(ctx)
     meta = object_meta.from_request(ctx.headers)
     alg = ctx.headers.get("x-amz-checksum-algorithm")
+    alg = normalize_algorithm(alg) if alg else None
+    kind = multipart_checksums.checksum_type(alg, ctx.headers.get("x-amz-checksum-type"))
     if alg:
-        meta["checksum_algorithm"] = alg.upper()
+        meta["checksum_algorithm"] = alg
+        meta["checksum_type"] = kind
     upload_id = new_upload_id()
     res = await ctx.node.commit(E.CreateMultipartUpload(ctx.bucket, ctx.key, upload_id, now_ms(), meta))
     if res.error:
         raise result_error(res, bucket=ctx.bucket)
-    headers = {"x-amz-checksum-algorithm": alg.upper()} if alg else None
+    headers = {"x-amz-checksum-algorithm": alg, "x-amz-checksum-type": kind} if alg else None
     return xml(initiate_multipart_upload_result(ctx.bucket, ctx.key, upload_id)) if not headers else \
         web.Response(body=initiate_multipart_upload_result(ctx.bucket, ctx.key, upload_id),
                      headers={"Content-Type": "application/xml", **headers})
@@ -73,8 +78,11 @@ async def create_upload(ctx: Ctx):
 
 async def upload_part(ctx: Ctx):
     number = _part_number(ctx)
-    upload_id, _rec = _upload(ctx)
-    ing = await ingest(ctx.node, ctx.request, ctx.auth, MAX_PART)
+    upload_id, rec = _upload(ctx)
+    # a part of an upload created with a checksum algorithm gets that checksum even if
+    # the client sent none: the object's checksum is made from the parts'
+    ing = await ingest(ctx.node, ctx.request, ctx.auth, MAX_PART,
+                       also=rec["meta"].get("checksum_algorithm"))
     res = await ctx.node.commit(E.PutPart(ctx.bucket, ctx.key, upload_id, number, ing.size, ing.etag,
                                           ing.chunks, now_ms(), ing.checksums, txn_id=ing.txn))
     if res.error:
@@ -90,7 +98,9 @@ async def upload_part_copy(ctx: Ctx):
     new chunks, since a range need not fall on chunk boundaries."""
     number = _part_number(ctx)
     await ctx.node.fresh()
-    upload_id, _rec = _upload(ctx)
+    upload_id, rec = _upload(ctx)
+    alg = rec["meta"].get("checksum_algorithm")
+    checksum = new_checksum(alg) if alg else None
     reader = open_copy_source(ctx)  # conditions and bytes from one version of the source
     try:
         size = reader.info.size
@@ -115,10 +125,14 @@ async def upload_part_copy(ctx: Ctx):
                 data = bytes(buf[:node.config.chunk_size])
                 del buf[:node.config.chunk_size]
                 md5.update(data)
+                if checksum is not None:
+                    checksum.update(data)
                 ref = node.write_chunk(txn, data)
                 chunks.append((ref.chunk_id, ref.length))
         if buf:
             md5.update(buf)
+            if checksum is not None:
+                checksum.update(buf)
             ref = node.write_chunk(txn, bytes(buf))
             chunks.append((ref.chunk_id, ref.length))
 
@@ -130,8 +144,9 @@ async def upload_part_copy(ctx: Ctx):
     finally:
         reader.close()
     etag = md5.hexdigest()
+    checksums = {alg: base64.b64encode(checksum.digest()).decode()} if checksum is not None else {}
     res = await node.commit(E.PutPart(ctx.bucket, ctx.key, upload_id, number, end - start, etag,
-                                      chunks, now_ms(), {}, txn_id=txn))
+                                      chunks, now_ms(), checksums, txn_id=txn))
     if res.error:
         raise result_error(res, upload_id=upload_id)
     return xml(copy_part_result(etag, now_ms() / 1000))
@@ -142,17 +157,63 @@ async def complete_upload(ctx: Ctx):
     body = await Body(ctx.request, ctx.auth).read_small(8 << 20)
     parts = parse_complete_multipart_upload(body)
     upload_id = ctx.query.get("uploadId", "")
+    checksum = _object_checksum(ctx, upload_id, parts)
     res = await ctx.node.commit(E.CompleteMultipartUpload(
         ctx.bucket, ctx.key, upload_id, [(p.part_number, p.etag) for p in parts], now_ms(),
-        ctx.node.config.min_part_size, **condition))
+        ctx.node.config.min_part_size, **condition, checksum=checksum))
     if res.error:
         extra = {"upload_id": upload_id}
         if "part_number" in res.value:
             extra["PartNumber"] = str(res.value["part_number"])
         raise result_error(res, **extra)
     location = f"http://{ctx.request.host}/{ctx.bucket}/{ctx.key}"
-    return xml(complete_multipart_upload_result(location=location, bucket=ctx.bucket, key=ctx.key,
-                                                etag=res.value["etag"]))
+    return xml(complete_multipart_upload_result(
+        location=location, bucket=ctx.bucket, key=ctx.key, etag=res.value["etag"],
+        checksums={checksum["algorithm"]: checksum["value"]} if checksum else None,
+        checksum_type=checksum["type"] if checksum else None))
+
+
+def _object_checksum(ctx: Ctx, upload_id: str, listed: list) -> dict | None:
+    """The checksum the completed object will carry, from the stored parts' checksums
+    (None for an upload created without an algorithm). A part's checksum given in the
+    request must be the stored one (InvalidPart); a whole-object value given in a
+    header must be the computed one (BadDigest). Parts that do not exist are left to
+    the entry, which answers InvalidPart for them."""
+    rec = ctx.engine.upload(ctx.bucket, ctx.key, upload_id)
+    if rec is None or not rec["meta"].get("checksum_algorithm"):
+        return None
+    alg, kind = rec["meta"]["checksum_algorithm"], rec["meta"].get("checksum_type", "COMPOSITE")
+    stored, after = {}, 0
+    while True:
+        page, truncated = ctx.engine.list_parts(upload_id, after, 1000)
+        stored.update(page)
+        if not truncated or not page:
+            break
+        after = page[-1][0]
+    values = []
+    for p in listed:
+        part = stored.get(p.part_number)
+        if part is None:
+            return None  # the entry refuses the request (InvalidPart)
+        value = (part.get("checksums") or {}).get(alg)
+        if value is None:
+            raise S3Error.of("InvalidRequest", f"The upload was created using a {alg.lower()} checksum. "
+                             f"Part {p.part_number} was uploaded without one.")
+        given = p.checksums.get(alg)
+        if given is not None and given != value:
+            raise S3Error.of("InvalidPart", "One or more of the specified parts could not be found. "
+                             "The part may not have been uploaded, or the specified checksum may not "
+                             "match the part's checksum.", upload_id=upload_id, PartNumber=str(p.part_number))
+        values.append((value, part["size"]))
+    if kind == "FULL_OBJECT":
+        value = multipart_checksums.full_object(alg, values)
+    else:
+        value = multipart_checksums.composite(alg, [v for v, _ in values])
+    given = checksum_headers(ctx.headers).get(alg)
+    if given is not None and given != value:
+        raise S3Error.of("BadDigest", f"The {alg.lower()} you specified for the object did not match "
+                         "what we computed from its parts.")
+    return {"algorithm": alg, "type": kind, "value": value, "parts": [v for v, _ in values]}
 
 
 async def abort_upload(ctx: Ctx):

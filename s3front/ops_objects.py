@@ -102,8 +102,11 @@ def _read_plan(ctx: Ctx, info):
         headers["Content-Length"] = str(info.size)
         if ctx.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
             # only a whole-object read carries the whole object's checksum
-            for alg, value in (info.meta or {}).get("checksums", {}).items():
+            stored = (info.meta or {}).get("checksums", {})
+            for alg, value in stored.items():
                 headers["x-amz-checksum-" + alg.lower()] = value
+            if stored:
+                headers["x-amz-checksum-type"] = info.meta.get("checksum_type", "FULL_OBJECT")
         return 200, headers, 0, info.size
     start, end = span
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
@@ -245,6 +248,8 @@ async def copy_object(ctx: Ctx):
         meta = None
         if directive == "REPLACE":
             meta = object_meta.from_request(ctx.headers, src.meta.get("checksums"))
+            if src.meta.get("checksum_type"):  # a multipart source's composite checksum
+                meta["checksum_type"] = src.meta["checksum_type"]
         res = await ctx.node.commit(E.CopyObject(src.bucket, src.key, ctx.bucket, ctx.key, now_ms(),
                                                  meta, if_etag=src.etag))
         if res.error != "PreconditionFailed":  # the source changed under us: look again
