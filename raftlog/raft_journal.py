@@ -222,10 +222,10 @@ class DurableJournal(Journal):
     @property
     def vote_floor(self) -> int:
         """A rehydrated member neither votes nor stands for election until its journal
-        reaches this index: the highest any peer held when it was seeded. Before its
-        disk was lost it may have acknowledged entries up to there, and a majority that
-        counted on those acknowledgements must not be outvoted by a member that has
-        forgotten them."""
+        reaches this index: the highest commit index its peers reported when it was
+        seeded. Entries committed with its acknowledgement, before its disk was lost,
+        lie at or below it, and a member that forgot them must not help elect a leader
+        that lacks them."""
         return self._meta.get("vote_floor", 0)
 
     def clear_vote_floor(self) -> None:

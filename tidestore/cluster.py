@@ -186,7 +186,7 @@ class Cluster:
         first, last, entry = self.log.journal.entry_at(int(params["index"]))
         raft = self.log.raft
         return {"node_id": self.node_id, "first": first, "last": last,
-                "term": raft._SyncObj__raftCurrentTerm,
+                "term": raft._SyncObj__raftCurrentTerm, "commit": raft._SyncObj__raftCommitIndex,
                 "entry": [bytes(entry[0]), entry[1], entry[2]] if entry else None}
 
     async def group_status(self) -> list:

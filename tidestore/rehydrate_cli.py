@@ -193,7 +193,10 @@ def run(config_path: str, as_json: bool, force: bool = False, out=sys.stdout) ->
                 "for the next shipment to cold storage and run rehydrate again (it resumes)")
         anchor = next(iter(holders.values()))["entry"]
         term = max(a["term"] for a in answers.values())
-        vote_floor = max(a["last"] for a in answers.values())
+        # every entry committed with the lost member's acknowledgement is at or below the
+        # leader's commit index (with both peers answering, one of them is the leader:
+        # without the lost member no other could have been elected)
+        vote_floor = max(a.get("commit", a["last"]) for a in answers.values())
         if os.path.exists(journal_dir):
             shutil.rmtree(journal_dir)  # a seed interrupted before the marker went
         journal = DurableJournal(journal_dir)
