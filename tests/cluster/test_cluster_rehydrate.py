@@ -200,3 +200,48 @@ def test_rehydrate_refuses_what_it_cannot_do_safely(tmp_path):
         assert out.returncode == 1 and "--force" in out.stderr, out.stderr
     finally:
         group.close()
+
+
+def test_a_rehydrated_member_elects_no_one_until_it_holds_what_was_committed(tmp_path):
+    """Below its vote floor a rehydrated member neither votes nor stands: with the
+    leader gone before it caught up, the group waits (503) rather than elect a leader
+    with the vote of a member that forgot what it had acknowledged; once the old
+    leader is back, it catches up and is a full member again."""
+    import msgpack
+
+    group = Group(str(tmp_path), cold=COLD, engine=ENGINE).start()
+    try:
+        leader = group.wait_leader()
+        leader.client().create_bucket(Bucket="floor")
+        written = put_some(leader, "floor", "k", 12, 64 << 10)
+        wait_shipped(group, group.members)
+        victim = next(m for m in group.members if m is not leader)
+        other = next(m for m in group.members if m not in (leader, victim))
+        victim.kill()
+        shutil.rmtree(victim.data_dir)
+        cfg = str(tmp_path / "victim.toml")
+        with open(cfg, "w") as f:
+            f.write(victim.config_text())
+        out = rehydrate(cfg, "--json")
+        assert out.returncode == 0, out.stderr
+        rep = json.loads(out.stdout)
+        assert rep["vote_floor"] > rep["anchor_lsn"]
+        leader.kill()  # before the rehydrated member could catch up
+        victim.start()
+        time.sleep(6.0)  # several election timeouts
+        assert group.leader(among=[victim, other]) is None
+        try:
+            other.client().put_object(Bucket="floor", Key="refused", Body=b"x")
+            raise AssertionError("a write was accepted without a leader")
+        except Exception as exc:  # noqa: BLE001
+            assert "503" in str(exc) or "ServiceUnavailable" in str(exc) or "SlowDown" in str(exc), exc
+        leader.start()
+        group.wait_leader(timeout=30)
+        group.wait_converged(timeout=60)
+        with open(os.path.join(victim.data_dir, "raft", "meta.msgpack"), "rb") as f:
+            assert "vote_floor" not in msgpack.unpackb(f.read(), raw=False)
+        client = victim.client()
+        for key, data in written.items():
+            assert client.get_object(Bucket="floor", Key=key)["Body"].read() == data
+    finally:
+        group.close()
