@@ -112,17 +112,28 @@ def _locations(seg: dict, stores: list[ShardStore], kind: str = "segments") -> d
 
 
 def chain(found: dict[str, dict]) -> tuple[list[dict], list[str]]:
-    """Segments covering 1..top without a gap (the widest at each step); the rest."""
-    by_first: dict[int, list] = {}
-    for seg in found.values():
-        by_first.setdefault(seg["first"], []).append(seg)
-    out, nxt = [], 1
-    while nxt in by_first:
-        # an orphan of a shipment that died half way may have fewer shards than k:
-        # prefer the segments with the most shards, then the widest
-        best = max(by_first[nxt], key=lambda s: (not s["compacted"], len(s["shards"]), s["last"]))
-        out.append(best)
-        nxt = best["last"] + 1
+    """Segments covering 1..top without a gap, reaching the highest top possible; the
+    rest. The stores may hold more than one chain: an orphan (a shipment whose entry
+    never committed) overlaps what a later leader shipped over other boundaries, and a
+    compacted segment overlaps the ones it replaced until they are deleted. Taking the
+    widest segment at each step could walk into an orphan whose end no other segment
+    continues from; so every path is followed (segments in order of first LSN: all
+    paths into a segment's start are known when it is reached) and the one to the
+    farthest LSN is kept. Among paths to the same LSN: fewer compacted segments (their
+    entries are gone), then fewer missing shards (a half-written orphan may have fewer
+    than k)."""
+    segs = sorted(found.values(), key=lambda s: (s["first"], s["last"]))
+    most = max((len(s["shards"]) for s in segs), default=0)
+    best: dict[int, tuple] = {1: (0, 0, [])}  # next LSN -> (compacted, missing shards, path)
+    for seg in segs:
+        here = best.get(seg["first"])
+        if here is None:
+            continue
+        cand = (here[0] + seg["compacted"], here[1] + most - len(seg["shards"]), here[2] + [seg])
+        nxt = seg["last"] + 1
+        if nxt not in best or cand[:2] < best[nxt][:2]:
+            best[nxt] = cand
+    out = best[max(best)][2]
     used = {s["id"] for s in out}
     return out, sorted(i for i in found if i not in used)
 

@@ -154,3 +154,48 @@ def test_rebuild_past_compacted_history_starts_from_a_catalog_checkpoint(tmp_pat
             assert s3.get_object(Bucket="bkt", Key=key)["Body"].read() == data, key
     finally:
         stop(srv)
+
+
+def test_rebuild_walks_past_an_orphan_wider_than_the_recorded_segment(tmp_path):
+    """A shipment whose entry never committed leaves shards for a range a later leader
+    shipped over other boundaries. The orphan below reaches into the middle of the next
+    recorded segment: a chain that took the widest segment at each step would stop
+    there, short of the HWM."""
+    stores = [f"{tmp_path}/cold/d{i}" for i in range(6)]
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(CONFIG.format(stores=", ".join(json.dumps("file://" + s) for s in stores)))
+    data_dir = str(tmp_path / "node")
+    srv = start(data_dir, extra_args=("--config", str(cfg)))
+    model = {}
+    try:
+        s3 = srv.boto3_client()
+        s3.create_bucket(Bucket="orph")
+        for i in range(12):
+            model[f"k{i}"] = data = os.urandom(300_000)
+            s3.put_object(Bucket="orph", Key=f"k{i}", Body=data)
+            if i % 4 == 3:  # a few segments
+                target = status(srv)["cold"]["data_lsn"]
+                wait_for(lambda: status(srv)["hwm"] >= target, timeout=60)
+    finally:
+        stop(srv, signal.SIGKILL)
+    shutil.rmtree(data_dir)
+    segs = sorted(os.listdir(os.path.join(stores[0], "segments")))
+    assert len(segs) >= 3, segs
+    first, last = (int(x, 16) for x in segs[1].split("-")[:2])
+    nxt_first, nxt_last = (int(x, 16) for x in segs[2].split("-")[:2])
+    assert nxt_last > nxt_first  # the orphan ends inside the next segment
+    orphan = f"{first:016x}-{nxt_first:016x}"
+    for d in stores:
+        shutil.copytree(os.path.join(d, "segments", segs[1]), os.path.join(d, "segments", orphan))
+
+    out = rebuild(str(cfg), str(tmp_path / "rebuilt"), "--json")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert orphan in rep["orphans_ignored"] and rep["objects"] == len(model)
+    srv = start(str(tmp_path / "rebuilt"), extra_args=("--config", str(cfg)))
+    try:
+        s3 = srv.boto3_client()
+        for key, data in model.items():
+            assert s3.get_object(Bucket="orph", Key=key)["Body"].read() == data, key
+    finally:
+        stop(srv)
