@@ -15,6 +15,7 @@ import time
 
 from engine import Engine
 from tiering.chunk_cache import ChunkCache
+from tiering.cold_garbage import collect, find_garbage
 from tiering.cold_compactor import ColdCompactor
 from tiering.cold_config import ColdConfig
 from tiering.cold_reader import ColdReader
@@ -45,6 +46,9 @@ class ColdTier:
                                        delete_grace_s=config.compact_delete_grace_s)
         self.is_leader = is_leader
         self._compacted_at = time.monotonic()
+        self._swept_at = time.monotonic()
+        self.garbage = {"sweeps": 0, "segments_deleted": 0, "shards_deleted": 0,
+                        "waiting": 0, "waiting_bytes": 0, "last_error": None}
         self.truncate = truncate
         self.evicted_segments = 0
         self.evicted_bytes = 0
@@ -121,6 +125,28 @@ class ColdTier:
                     pass
             else:
                 self.compactor.delete_due()
+        if (self.config.garbage_age_s > 0 and self.is_leader()
+                and time.monotonic() - self._swept_at >= self.config.garbage_interval_s):
+            self._swept_at = time.monotonic()
+            self.sweep_garbage()
+
+    def sweep_garbage(self) -> None:
+        """On the leader: delete shards no catalog row names, at or below the HWM, once
+        older than `garbage_age_s` (tiering/cold_garbage.py says why that is safe)."""
+        g = self.garbage
+        try:
+            referenced = {r["locations"]["id"] for r in self.engine.cold_segments(0, 1 << 30)}
+            found = find_garbage(self.stores, referenced, self.engine.cold_hwm)
+            segments, shards = collect(self.stores, found, self.config.garbage_age_s)
+            young = [x for x in found if x.age_s < self.config.garbage_age_s]
+            g.update(sweeps=g["sweeps"] + 1, segments_deleted=g["segments_deleted"] + segments,
+                     shards_deleted=g["shards_deleted"] + shards, waiting=len(young),
+                     waiting_bytes=sum(x.bytes for x in young), last_error=None)
+            if segments:
+                log.info("cold garbage: deleted %d segments (%d shards)", segments, shards)
+        except Exception as exc:  # noqa: BLE001 - a store down: try at the next sweep
+            g["last_error"] = f"{type(exc).__name__}: {exc}"
+            log.warning("cold garbage sweep failed: %s", exc)
 
     def status(self) -> dict:
         entries, nbytes = self.lag()
@@ -137,7 +163,7 @@ class ColdTier:
             "evicted_segments": self.evicted_segments, "evicted_bytes": self.evicted_bytes,
             "cold_reads": self.reader.reads, "cold_read_bytes": self.reader.bytes_read,
             "cache": self.cache.stats(), "shipper": self.shipper.status(),
-            "compaction": self.compactor.status(),
+            "compaction": self.compactor.status(), "garbage": dict(self.garbage),
             "slowdowns": self.slowdowns, "stores": len(self.store_urls),
             "k": self.config.k, "m": self.config.m,
             "maintenance_error": self._last_evict_error, "time": time.time(),

@@ -23,6 +23,7 @@ import lmdb
 import msgpack
 
 from tiering.cold_config import ColdConfig
+from tiering.cold_garbage import find_garbage
 from tiering.cold_reader import erasure_code, shard_fetch
 from tiering.shard_store import ShardNotFound
 
@@ -47,6 +48,19 @@ def shipped_objects(catalog_dir: str) -> list[tuple[str, dict]]:
                     checkpoints[ckpt["id"]] = ckpt
         out += [(f"checkpoint {cid}", loc) for cid, loc in sorted(checkpoints.items())]
         return out
+    finally:
+        env.close()
+
+
+def catalog_hwm(catalog_dir: str) -> int:
+    env = open_catalog_readonly(catalog_dir)
+    try:
+        if not _has_db(env, "meta"):
+            return 0
+        db = env.open_db(b"meta", create=False)
+        with env.begin(buffers=False) as txn:
+            value = txn.get(b"cold_hwm", db=db)
+        return msgpack.unpackb(value) if value is not None else 0
     finally:
         env.close()
 
@@ -120,12 +134,19 @@ def verify(data_dir: str, config: ColdConfig, heal: bool, work_dir: str | None =
             unhealed += failed
         elif bad:
             unhealed += bad
+    # garbage, as this node's catalog sees it (reported only: the group's leader
+    # collects it, with the group's newest catalog)
+    garbage = []
+    if stores:
+        referenced = {loc["id"] for what, loc in objects if what.startswith("segment ")}
+        garbage = [g.to_dict() for g in find_garbage(stores, referenced,
+                                                     catalog_hwm(os.path.join(engine_dir, "catalog")))]
     # a torn tail of the last segment is normal after a crash (recovery cuts it)
     serious_wal = [p for p in wal_problems if not p["last"]]
     return {"data_dir": os.path.abspath(data_dir), "wal_segments": len(wal),
             "wal_problems": wal_problems, "shipped_objects": len(objects),
             "shards_checked": sum(len(loc["shards"]) for _w, loc in objects),
-            "damaged": damaged, "healed": healed, "not_healed": unhealed,
+            "damaged": damaged, "healed": healed, "not_healed": unhealed, "garbage": garbage,
             "clean": not serious_wal and not unhealed}
 
 
@@ -141,6 +162,13 @@ def human(rep: dict) -> str:
         lines.append(f"  healed:  {b['what']} shard {b['shard']}")
     for b in rep["not_healed"]:
         lines.append(f"  NOT healed: {b['what']} shard {b['shard']}: {b.get('reason', 'run with --heal')}")
+    if rep["garbage"]:
+        mb = sum(g["bytes"] for g in rep["garbage"]) / 1e6
+        lines.append(f"  garbage: {len(rep['garbage'])} segments ({mb:.1f} MB) no catalog row names, at "
+                     "or below the HWM (the leader deletes them once older than [cold] garbage_age_s):")
+        for g in rep["garbage"][:10]:
+            lines.append(f"    {g['id']}: {len(g['shards'])} shards, {g['bytes'] / 1e6:.1f} MB, "
+                         f"{g['age_s']:.0f}s old")
     lines.append("clean" if rep["clean"] else "damage remains")
     return "\n".join(lines)
 

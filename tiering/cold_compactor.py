@@ -15,7 +15,7 @@ new name, propose `SegmentsCompacted(first, last, locations)`, and once it is ap
 here delete the old shards after `delete_grace_s` (replicas that have not applied the
 entry yet still read the old ones meanwhile). A crash before the entry commits leaves
 the new shards as orphans; a crash after it leaves the old ones (both are garbage
-that `verify` will report; see STORAGE_ENGINE_PLAN.md, "What is left").
+that the leader collects after `garbage_age_s`: tiering/cold_garbage.py).
 """
 
 from __future__ import annotations

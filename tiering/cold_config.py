@@ -49,6 +49,11 @@ class ColdConfig:
     history_retention_s: float = 7 * 86400.0
     compact_interval_s: float = 60.0  # how often the leader looks for segments to rewrite
     compact_delete_grace_s: float = 60.0  # replaced shards are deleted this long after
+    # garbage: shards of segments no catalog row names (orphans of shipments or
+    # compactions whose entry never committed, originals a crash left undeleted), at or
+    # below the HWM, are deleted by the leader once older than this (0: never)
+    garbage_age_s: float = 3600.0
+    garbage_interval_s: float = 600.0  # how often the leader lists the stores for garbage
     # the hot tier: WAL bytes a node keeps on disk before evicting segments whose live
     # chunks are all in cold storage (0: never evict)
     hot_budget: int = 8 << 30

@@ -62,6 +62,7 @@ class ShardStore(Protocol):
     def read_range(self, name: str, offset: int, length: int) -> bytes: ...
     def size(self, name: str) -> int: ...
     def exists(self, name: str) -> bool: ...
+    def modified(self, name: str) -> float: ...  # epoch seconds of the last write
     def delete(self, name: str) -> None: ...
     def list(self, prefix: str = "") -> Iterator[str]: ...
     def iter_read(self, name: str, chunk: int = 1 << 20) -> Iterator[bytes]: ...
@@ -258,6 +259,12 @@ class FileShardStore(_StoreBase):
             return st.st_size
         except OSError as e:
             raise self._error("size", name, e, missing_means_not_found=True) from e
+
+    def modified(self, name: str) -> float:
+        try:
+            return os.stat(self._path(name)).st_mtime
+        except OSError as e:
+            raise self._error("stat", name, e, missing_means_not_found=True) from e
 
     def delete(self, name: str) -> None:
         """Leaves the emptied directories: removing them would race with puts."""
@@ -525,6 +532,9 @@ class S3ShardStore(_StoreBase):
 
     def size(self, name: str) -> int:
         return self._call("size", name, "head_object", Key=self._key(name))["ContentLength"]
+
+    def modified(self, name: str) -> float:
+        return self._call("stat", name, "head_object", Key=self._key(name))["LastModified"].timestamp()
 
     def delete(self, name: str) -> None:
         self._call("delete", name, "delete_object", Key=self._key(name))
