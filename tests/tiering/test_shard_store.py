@@ -85,6 +85,7 @@ def test_round_trip(store):
     assert store.exists("seg/000001/shard-00")
     assert not store.exists("seg/000001/shard-02")
     assert store.size("seg/000001/shard-00") == len(data)
+    assert abs(store.modified("seg/000001/shard-00") - time.time()) < 60  # what garbage ages by
     assert store.read_range("seg/000001/shard-00", 0, len(data)) == data
     assert list(store.list()) == ["seg/000001/shard-00", "seg/000001/shard-01",
                                   "seg/000002/shard-00", "top"]
@@ -188,6 +189,7 @@ def test_writer_abort(store):
 
 def test_missing_and_delete_idempotent(store):
     for op in (lambda: store.read_range("nope", 0, 1), lambda: store.size("nope"),
+               lambda: store.modified("nope"),
                lambda: store.iter_read("nope"), lambda: store.read_range("a/b/nope", 0, 0)):
         with pytest.raises(ShardNotFound) as err:
             op()
