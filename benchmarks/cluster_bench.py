@@ -84,6 +84,7 @@ from s3_bench import (  # noqa: E402
     machine_info, put_large, put_many, simple_request, small_get_set, small_put_set,
     start_tidestore, summarize_collapsed,
 )
+from bench_support import table as _table  # noqa: E402
 
 GOAL_PUT_RATIO = 0.40  # 3-node small PUT / single-node small PUT
 GOAL_FOLLOWER_GET = 0.20  # |1 - follower GET / leader GET|
@@ -806,16 +807,6 @@ def report(single: Deployment, grp: Deployment, args) -> tuple[str, str, list, l
               f"{1 - GOAL_FOLLOWER_GET:.2f}..{1 + GOAL_FOLLOWER_GET:.2f}", [(phase, (LEADER, FOLLOWER))])
     gtable = _table(("goal", "value", "target", "met?"), goals)
     return table, gtable, missed, goals
-
-
-def _table(head, rows) -> str:
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-
-    def line(cells):
-        return " | ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
-                          for i, (x, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(head), "-+-".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
 # ---- main -------------------------------------------------------------------------------------------------

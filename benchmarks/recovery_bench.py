@@ -104,6 +104,7 @@ from botocore.config import Config  # noqa: E402
 from tidestore.testing import start as start_single  # noqa: E402
 from tidestore.testing import stop as stop_single  # noqa: E402
 from tiering.cold_config import ColdConfig  # noqa: E402
+from bench_support import ratio as _ratio, table as _table, Tee  # noqa: E402
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -139,23 +140,6 @@ def kill_children() -> None:
                 proc.kill()
             with contextlib.suppress(Exception):
                 proc.wait(10)
-
-
-class Tee:
-    """stdout to the terminal and to a buffer (the text report goes into --out too)."""
-
-    def __init__(self, stream):
-        self.stream, self.parts = stream, []
-
-    def write(self, s):
-        self.parts.append(s)
-        return self.stream.write(s)
-
-    def flush(self):
-        self.stream.flush()
-
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 # ---- CPU of other processes ---------------------------------------------------------------------
@@ -563,20 +547,6 @@ def wal_part(work: str, args) -> dict:
 
 
 # ---- report -------------------------------------------------------------------------------------
-def _table(head, rows) -> str:
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-
-    def line(cells):
-        return " | ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
-                          for i, (x, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(head), "-+-".join("-" * w for w in widths), *(line(r) for r in rows)])
-
-
-def _ratio(a, b) -> str:
-    return f"{a / b:.2f}x" if a is not None and b else "-"
-
-
 def report(p1: dict | None, p2: dict | None, p3: dict | None) -> str:
     parts = []
     rows = []

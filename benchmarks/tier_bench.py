@@ -108,6 +108,7 @@ from tidestore.testing import tidestore_server  # noqa: E402
 from tiering.cold_config import ColdConfig  # noqa: E402
 from tiering.segment_builder import plan_range  # noqa: E402
 from tiering.shipper import Shipper  # noqa: E402
+from bench_support import ratio as _ratio, table as _table, Tee  # noqa: E402
 
 OTHERS_WARN = 0.15  # other processes using more than 15% of a core during a phase: say so
 BLOCK = 4 * KiB
@@ -117,23 +118,6 @@ TEXT = (b"Tidestore keeps recent objects hot in its write-ahead log and ships ol
 
 def log(msg: str = "") -> None:
     print(msg, flush=True)
-
-
-class Tee:
-    """stdout to the terminal and to a buffer (the text report goes into --out too)."""
-
-    def __init__(self, stream):
-        self.stream, self.parts = stream, []
-
-    def write(self, s):
-        self.parts.append(s)
-        return self.stream.write(s)
-
-    def flush(self):
-        self.stream.flush()
-
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -724,20 +708,6 @@ def _log_warnings(srv) -> list:
 
 
 # ---- report ---------------------------------------------------------------------------------------------
-def _table(head, rows) -> str:
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-
-    def line(cells):
-        return " | ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
-                          for i, (x, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(head), "-+-".join("-" * w for w in widths), *(line(r) for r in rows)])
-
-
-def _ratio(a, b) -> str:
-    return f"{a / b:.2f}x" if a is not None and b else "-"
-
-
 def report(ship: dict | None, gets: dict | None) -> str:
     parts = []
     if ship:

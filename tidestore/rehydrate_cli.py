@@ -213,6 +213,10 @@ def run(config_path: str, as_json: bool, force: bool = False, out=sys.stdout) ->
     except RehydrateFailed as exc:
         print(f"\ntidestore: cannot rehydrate: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\ntidestore: interrupted; run `tidestore rehydrate --config {config_path}` again "
+              "to resume", file=sys.stderr)
+        return 130
 
     result = {**report.to_dict(), "checkpoint_lsn": state["checkpoint_lsn"],
               "node_id": config.node_id, "anchor_lsn": top, "cold_hwm": hwm,
