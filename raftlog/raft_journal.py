@@ -206,17 +206,20 @@ class DurableJournal(Journal):
             entry = self[index - first] if first <= index <= last else None
             return first, last, entry
 
-    def seed(self, entry: tuple, term: int, vote_floor: int) -> None:
+    def seed(self, entry: tuple | None, term: int, vote_floor: int) -> None:
         """Start an empty journal (a rehydrated member's) at `entry`, the anchor: its
-        engine holds everything up to it. `term` is the group's current term, with a
+        engine holds everything up to it (None: nothing, the journal starts at 1). `term` is the group's current term, with a
         vote already cast in it (no second vote in a term this member may have voted
         in before it lost its disk); `vote_floor`: see `vote_floor`."""
         if len(self):
             raise RuntimeError(f"{self.path} is not empty: a seed starts a new journal")
-        command, index, entry_term = entry
-        self.add(command, index, entry_term)
-        self.sync()
-        self._meta.update(term=term, voted_for="(rehydrated)", commit=index, vote_floor=vote_floor)
+        index = 0
+        if entry is not None:
+            command, index, entry_term = entry
+            self.add(command, index, entry_term)
+            self.sync()
+        self._meta.update(term=term, voted_for="(rehydrated)", commit=max(index, 1),
+                          vote_floor=vote_floor)
         self._store_meta()
 
     @property

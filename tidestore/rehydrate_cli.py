@@ -38,6 +38,7 @@ from raftlog.raft_journal import DurableJournal
 from tiering.cold_config import ColdConfig
 from tiering.cold_rebuild import (
     RebuildImpossible,
+    RebuildReport,
     chain,
     discover,
     discover_checkpoints,
@@ -169,29 +170,39 @@ def run(config_path: str, as_json: bool, force: bool = False, out=sys.stdout) ->
                 print(f"Resuming the rehydration of {data_dir}", file=sys.stderr)
         else:
             _write_marker(marker, state)
-        try:
-            report, engine, read = _replay_cold(config, stores, engine_dir, marker, state, progress)
-        except RebuildImpossible as exc:
-            raise RehydrateFailed(f"cold storage cannot give this member's start: {exc}") from None
-        try:
-            if not as_json:
-                print(file=sys.stderr)
-            top = max(read[-1]["last"] if read else 0, engine.applied_lsn)
-            hwm, applied = engine.cold_hwm, engine.applied_lsn
-            with engine.catalog.read() as t:
-                objects = t.count("objects")
-            missing = engine.stats().get("missing_chunks", 0)
-        finally:
-            engine.close()
+        if not chain(discover(stores))[0]:
+            # nothing shipped yet (a young group): nothing was truncated either, so the
+            # member catches up from LSN 1 through the peers' journals
+            report, top, hwm, applied, objects, missing = RebuildReport(), 0, 0, 0, 0, 0
+        else:
+            try:
+                report, engine, read = _replay_cold(config, stores, engine_dir, marker, state, progress)
+            except RebuildImpossible as exc:
+                raise RehydrateFailed(f"cold storage cannot give this member's start: {exc}") from None
+            try:
+                if not as_json:
+                    print(file=sys.stderr)
+                top = max(read[-1]["last"] if read else 0, engine.applied_lsn)
+                hwm, applied = engine.cold_hwm, engine.applied_lsn
+                with engine.catalog.read() as t:
+                    objects = t.count("objects")
+                missing = engine.stats().get("missing_chunks", 0)
+            finally:
+                engine.close()
 
         answers = _check_peers(asyncio.run(_ask_peers(config, top)), force)
         holders = {pid: a for pid, a in answers.items() if a.get("entry")}
+        if top == 0:
+            if any(a["first"] > 1 for a in answers.values()):
+                raise RehydrateFailed("the peers' journals were truncated but cold storage holds no "
+                                      "segment: check the [cold] stores of this config")
+            holders = {pid: {"entry": None} for pid in answers}
         if not holders:
             firsts = {pid: a["first"] for pid, a in answers.items()}
             raise RehydrateFailed(
                 f"cold storage reaches LSN {top} but the peers' journals start at {firsts}: wait "
                 "for the next shipment to cold storage and run rehydrate again (it resumes)")
-        anchor = next(iter(holders.values()))["entry"]
+        anchor = next(iter(holders.values()))["entry"]  # None: start at LSN 1
         term = max(a["term"] for a in answers.values())
         # every entry committed with the lost member's acknowledgement is at or below the
         # leader's commit index (with both peers answering, one of them is the leader:
@@ -201,7 +212,7 @@ def run(config_path: str, as_json: bool, force: bool = False, out=sys.stdout) ->
             shutil.rmtree(journal_dir)  # a seed interrupted before the marker went
         journal = DurableJournal(journal_dir)
         try:
-            journal.seed((anchor[0], anchor[1], anchor[2]), term, vote_floor)
+            journal.seed(tuple(anchor) if anchor else None, term, vote_floor)
         finally:
             journal.close()
         os.unlink(marker)

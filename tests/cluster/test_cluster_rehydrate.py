@@ -245,3 +245,31 @@ def test_a_rehydrated_member_elects_no_one_until_it_holds_what_was_committed(tmp
             assert client.get_object(Bucket="floor", Key=key)["Body"].read() == data
     finally:
         group.close()
+
+
+def test_rehydrate_before_anything_was_shipped(tmp_path):
+    """A young group whose cold storage is still empty: nothing was truncated either,
+    so the member starts from LSN 1 and takes everything from its peers."""
+    cold = {**COLD, "segment_bytes": 1 << 30, "seal_age_s": 3600}
+    group = Group(str(tmp_path), cold=cold, engine=ENGINE).start()
+    try:
+        leader = group.wait_leader()
+        leader.client().create_bucket(Bucket="young")
+        written = put_some(leader, "young", "k", 10, 50_000)
+        victim = next(m for m in group.members if m is not leader)
+        victim.kill()
+        shutil.rmtree(victim.data_dir)
+        cfg = str(tmp_path / "victim.toml")
+        with open(cfg, "w") as f:
+            f.write(victim.config_text())
+        out = rehydrate(cfg, "--json")
+        assert out.returncode == 0, out.stderr
+        rep = json.loads(out.stdout)
+        assert rep["anchor_lsn"] == 0 and rep["vote_floor"] > 0, rep
+        victim.start()
+        group.wait_converged(timeout=60)
+        assert catalog(victim.client()) == catalog(leader.client())
+        for key, data in written.items():
+            assert victim.client().get_object(Bucket="young", Key=key)["Body"].read() == data
+    finally:
+        group.close()
