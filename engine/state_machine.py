@@ -186,6 +186,11 @@ class StateMachine:
         handler = getattr(self, "_" + entry.OP)
         self._note_introduced(entry)
         result = handler(entry)
+        at = E.entry_time_ms(entry)
+        if at is not None:
+            # the catalog's own time: a catalog checkpoint says what moment it holds
+            # (point-in-time restores pick their starting checkpoint by it)
+            self.t.set_meta_at_end("time_ms", at)
         self.finish()
         return result if result is not None else ApplyResult()
 

@@ -20,8 +20,12 @@ segment's entries starts from a checkpoint at or after it, or is refused.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+
+import lmdb
+import msgpack
 
 from engine import Engine, EngineConfig, EngineError
 from engine.catalog_adoption import adopt_catalog
@@ -235,20 +239,90 @@ def replay(stores: list[ShardStore], engine_dir: str, progress=None, *,
     return report, engine, segs[:report.segments]
 
 
+def _checkpoint_time(checkpoint: dict, stores: list[ShardStore], scratch: str) -> int | None:
+    """The time of the last timed entry a checkpoint's catalog applied (its `time_ms`),
+    None if it does not say (a checkpoint from before it was kept)."""
+    loc = _locations(checkpoint, stores, kind="checkpoints")
+    loc["lsn"] = checkpoint["lsn"]
+    os.makedirs(scratch, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".checkpoint-") as tmp:
+        try:
+            catalog_checkpoint.restore(loc, stores, tmp)
+        except Exception as exc:  # noqa: BLE001 - too many shards lost, or damaged
+            raise RebuildImpossible(f"checkpoint {checkpoint['id']} cannot be read: {exc}") from exc
+        env = lmdb.open(tmp, readonly=True, lock=False, max_dbs=16)
+        try:
+            db = env.open_db(b"meta", create=False)
+            with env.begin(buffers=False) as txn:
+                value = txn.get(b"time_ms", db=db)
+        finally:
+            env.close()
+    return msgpack.unpackb(value) if value is not None else None
+
+
+def _not_after_time(stores, segs, usable: list[dict], upto_ms: int, scratch: str) -> list[dict]:
+    """The usable checkpoints (newest first) whose state is not after `upto_ms`. Times
+    grow with LSNs, so the newest such one is found by bisection (a few catalogs
+    fetched, not all)."""
+    asc = list(reversed(usable))
+
+    def ok(c) -> bool:
+        at = _checkpoint_time(c, stores, scratch)
+        return at <= upto_ms if at is not None else _not_after(stores, segs, c["lsn"], upto_ms)
+    lo, hi = 0, len(asc)  # asc[:lo] known ok, asc[hi:] known not ok
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(asc[mid]):
+            lo = mid + 1
+        else:
+            hi = mid
+    return list(reversed(asc[:lo]))
+
+
+def _not_after(stores: list[ShardStore], segs: list[dict], lsn: int, upto_ms: int) -> bool:
+    """Whether the state after `lsn` is not after `upto_ms`: the last entry up to `lsn`
+    that carries a time was proposed at or before `upto_ms`. Read backwards from the
+    segment holding `lsn`; a compacted one (its entries gone) cannot tell: False."""
+    for seg in reversed([s for s in segs if s["first"] <= lsn]):
+        if seg["compacted"]:
+            return False
+        last_at = None
+        try:
+            for entry_lsn, raw in segment_reader(_locations(seg, stores), stores).entries():
+                if entry_lsn > lsn:
+                    break
+                at = entry_time_ms(decode_entry(raw))
+                if at is not None:
+                    last_at = at
+        except RebuildImpossible:
+            raise
+        except Exception as exc:  # noqa: BLE001 - too many shards lost, or damaged
+            raise RebuildImpossible(f"segment {seg['id']} cannot be read: {exc}") from exc
+        if last_at is not None:
+            return last_at <= upto_ms
+    return True
+
+
 def rebuild(stores: list[ShardStore], engine_dir: str, progress=None, *,
             upto_lsn: int | None = None, upto_ms: int | None = None) -> RebuildReport:
     """The store as of the last LSN in cold storage, or as of `upto_lsn` (the entries
     up to it), or as of `upto_ms` (every entry proposed at or before that wall-clock
     time; an entry that gives no time goes with the one before it). Starts from the
-    newest usable catalog checkpoint (by LSN; a point in time replays from LSN 1
-    unless compacted history forces a checkpoint)."""
+    newest usable catalog checkpoint: for a time, the newest whose last entry was
+    proposed at or before it (so the checkpoint's state is not after the time);
+    without one, from LSN 1, or refused if compaction dropped that history."""
     t0 = time.perf_counter()
     segs, _ = chain(discover(stores))
     checkpoint = None
     if segs:
         usable = usable_checkpoints(segs, discover_checkpoints(stores), upto_lsn)
-        needs_one = any(s["compacted"] for s in segs)
-        if usable and (upto_ms is None or needs_one):
+        if upto_ms is not None:
+            usable = _not_after_time(stores, segs, usable, upto_ms, os.path.dirname(engine_dir))
+            if not usable and any(s["compacted"] for s in segs):
+                raise RebuildImpossible(
+                    "that time is older than the history cold storage still holds (compacted "
+                    "segments and no catalog checkpoint before the time)")
+        if usable:
             checkpoint = usable[0]
     report, engine, read = replay(stores, engine_dir, progress, upto_lsn=upto_lsn,
                                   upto_ms=upto_ms, checkpoint=checkpoint)

@@ -130,3 +130,59 @@ def test_restore_one_bucket(tmp_path):
         assert missing.returncode == 1 and "did not exist" in missing.stderr and "Traceback" not in missing.stderr
     finally:
         stop(srv)
+
+
+def test_restore_to_a_time_past_compacted_history(tmp_path):
+    """Compaction dropped the early entries: a time restore starts from the newest
+    catalog checkpoint that is not after the time (not simply the newest one), and a
+    time older than the history kept is refused."""
+    stores = ", ".join(json.dumps(f"file://{tmp_path}/cold/d{i}") for i in range(6))
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(CONFIG.format(stores=stores) + "checkpoint_segments = 1\nhistory_retention_s = 0\n"
+                   "compact_interval_s = 0.5\ncompact_delete_grace_s = 0\n")
+    srv = start(str(tmp_path / "node"), extra_args=("--config", str(cfg)))
+    try:
+        s3 = srv.boto3_client()
+        before_all = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        time.sleep(0.05)
+        s3.create_bucket(Bucket="pit")
+        for i in range(24):
+            s3.put_object(Bucket="pit", Key=f"doomed/{i}", Body=os.urandom(256 << 10))
+        target = status(srv)["cold"]["data_lsn"]
+        wait_for(lambda: status(srv)["hwm"] >= target, timeout=60)
+        s3.delete_objects(Bucket="pit", Delete={"Objects": [{"Key": f"doomed/{i}"} for i in range(24)]})
+        then = {}
+        for i in range(8):
+            then[f"kept/{i}"] = data = os.urandom(256 << 10)
+            s3.put_object(Bucket="pit", Key=f"kept/{i}", Body=data)
+        wait_for(lambda: (lambda c: c["compactions"] and c["shards_deleted"] and not c["pending_deletes"])(
+            status(srv)["cold"]["compaction"]), timeout=90, interval=0.3)
+        target = status(srv)["cold"]["data_lsn"]
+        wait_for(lambda: status(srv)["hwm"] >= target, timeout=60)
+        time.sleep(0.05)
+        at_then = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        time.sleep(1.0)
+    finally:
+        stop(srv)
+    # from here on, history is kept (as history_retention_s does for its window): a
+    # compaction after the point could drop chunks live at the point
+    cfg.write_text(cfg.read_text().replace("compact_interval_s = 0.5", "compact_interval_s = 3600"))
+    srv = start(str(tmp_path / "node"), extra_args=("--config", str(cfg)))
+    try:
+        s3 = srv.boto3_client()
+        for i in range(4):  # after the point: overwrites, a delete, new keys
+            s3.put_object(Bucket="pit", Key=f"kept/{i}", Body=b"later")
+        s3.delete_object(Bucket="pit", Key="kept/7")
+        for i in range(3):
+            s3.put_object(Bucket="pit", Key=f"late/{i}", Body=os.urandom(200_000))
+        target = status(srv)["cold"]["data_lsn"]
+        wait_for(lambda: status(srv)["hwm"] >= target, timeout=60)
+
+        out = restore(str(cfg), str(tmp_path / "r-time"), "--time", at_then)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["checkpoint_lsn"] > 0  # not from LSN 1: that history is gone
+        serves_exactly(str(tmp_path / "r-time"), then)
+        early = restore(str(cfg), str(tmp_path / "r-early"), "--time", before_all)
+        assert early.returncode == 1 and "older than the history" in early.stderr, early.stderr
+    finally:
+        stop(srv)
