@@ -3,6 +3,11 @@ ratios against the peer measured in the same run."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
+import subprocess
+
 
 class Tee:
     """stdout to the terminal and to a buffer (the text report goes into --out too)."""
@@ -34,3 +39,26 @@ def table(head, rows) -> str:
 
 def ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+def machine_info(work: str, packages: tuple = ()) -> dict:
+    """The machine a run was made on: CPU, cores, the file system under `work`, load,
+    and the versions of `packages`."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    cpu = ln.split(":", 1)[1].strip()
+                    break
+    fs = ""
+    with contextlib.suppress(Exception):
+        fs = subprocess.run(["df", "-T", work], capture_output=True, text=True).stdout.splitlines()[1].split()[1]
+    versions = {}
+    for mod in packages:
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+            versions[mod] = version(mod)
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "platform": platform.platform(), "fs": fs,
+            "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()), **versions}

@@ -84,7 +84,7 @@ from s3_bench import (  # noqa: E402
     machine_info, put_large, put_many, simple_request, small_get_set, small_put_set,
     start_tidestore, summarize_collapsed,
 )
-from bench_support import table as _table  # noqa: E402
+from bench_support import table as _table, Tee  # noqa: E402
 
 GOAL_PUT_RATIO = 0.40  # 3-node small PUT / single-node small PUT
 GOAL_FOLLOWER_GET = 0.20  # |1 - follower GET / leader GET|
@@ -95,23 +95,6 @@ WHERE = (SINGLE, LEADER, FOLLOWER)
 
 def log(msg: str = "") -> None:
     print(msg, flush=True)
-
-
-class Tee:
-    """stdout to the terminal and to a buffer (for --out as text)."""
-
-    def __init__(self, stream):
-        self.stream, self.parts = stream, []
-
-    def write(self, s):
-        self.parts.append(s)
-        return self.stream.write(s)
-
-    def flush(self):
-        self.stream.flush()
-
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 # ---- the 3-node group, as `tidestore dev-cluster` runs it ------------------------------------

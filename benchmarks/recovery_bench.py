@@ -80,7 +80,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -104,7 +103,7 @@ from botocore.config import Config  # noqa: E402
 from tidestore.testing import start as start_single  # noqa: E402
 from tidestore.testing import stop as stop_single  # noqa: E402
 from tiering.cold_config import ColdConfig  # noqa: E402
-from bench_support import ratio as _ratio, table as _table, Tee  # noqa: E402
+from bench_support import machine_info, ratio as _ratio, table as _table, Tee  # noqa: E402
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -676,22 +675,6 @@ def warnings(p1, p2, p3) -> list[str]:
         out.append("other processes on this machine used CPU during: " + "; ".join(busy)
                    + ". Those figures are lower than a quiet machine gives; rerun when it is idle.")
     return out
-
-
-def machine_info(work: str) -> dict:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    cpu = ln.split(":", 1)[1].strip()
-                    break
-    fs = ""
-    with contextlib.suppress(Exception):
-        fs = subprocess.run(["df", "-T", work], capture_output=True, text=True).stdout.splitlines()[1].split()[1]
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "fs": fs,
-            "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
 # ---- main ---------------------------------------------------------------------------------------

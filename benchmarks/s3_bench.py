@@ -51,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -62,6 +63,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from tidestore import testing  # noqa: E402
+from bench_support import machine_info as _machine_info  # noqa: E402
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -736,6 +738,35 @@ class Result:
     large_get: list = field(default_factory=list)
 
 
+def settle_cold_tier(target: Target, log, timeout: float = 300.0) -> None:
+    """Wait until Tidestore's shipper has no full segment left to ship (idle, or
+    waiting for a partial one to reach its seal age), so that a phase does not pay for
+    the shipping of the writes of the phases before it (the embedded default ships to
+    six local directories; moto has no such work). Shipping caused by a phase's own
+    writes still runs during that phase."""
+    if target.name != "tidestore":
+        return
+    t0 = time.monotonic()
+    quiet = 0
+    while time.monotonic() - t0 < timeout:
+        try:
+            with urllib.request.urlopen(f"http://{target.host}:{target.port}/_tidestore/status",
+                                        timeout=5) as r:
+                st = json.load(r)["members"][0]
+        except OSError:
+            time.sleep(0.2)
+            continue
+        cold = st.get("cold") or {}
+        state = (cold.get("shipper") or {}).get("state")
+        quiet = quiet + 1 if state in (None, "idle", "waiting") else 0
+        if quiet >= 3:  # three looks in a row: not between two segments
+            if time.monotonic() - t0 > 1:
+                log(f"  {target.name}: cold tier caught up in {time.monotonic() - t0:.1f}s")
+            return
+        time.sleep(0.2)
+    log(f"  {target.name}: WARNING: the cold tier did not catch up in {timeout:.0f}s")
+
+
 def run_server(target: Target, gen, args, small_body: bytes, large: bytes, log) -> Result:
     res = Result(target.name)
     mon = Monitor(target.pid)
@@ -752,6 +783,7 @@ def run_server(target: Target, gen, args, small_body: bytes, large: bytes, log) 
         # 4 KiB PUT: warm-up on its own keys, then the measured run
         warm = small_put_set(target.signer, "small-warm", 2000, small_body)
         gen.run(target, warm, args.concurrency, args.warmup)
+        settle_cold_tier(target, log)
         puts = small_put_set(target.signer, "small-put", args.put_keys, small_body)
         with mon.phase() as ph:
             r = gen.run(target, puts, args.concurrency, args.duration)
@@ -763,6 +795,7 @@ def run_server(target: Target, gen, args, small_body: bytes, large: bytes, log) 
             check_get(target, f"/{BUCKET}/small-put/{i:06d}", small_body)
 
         # 4 KiB GET
+        settle_cold_tier(target, log)
         gets = small_get_set(target.signer, "small-get", args.get_keys)
         gen.run(target, gets, args.concurrency, args.warmup)
         with mon.phase() as ph:
@@ -773,6 +806,7 @@ def run_server(target: Target, gen, args, small_body: bytes, large: bytes, log) 
         # 64 MiB PUT, then GET of each object written
         size_mb = len(large) / MB
         put_large(target, f"/{BUCKET}/large-warm", large)
+        settle_cold_tier(target, log)
         with mon.phase() as ph:
             for i in range(args.large_reps):
                 res.large_put.append(put_large(target, f"/{BUCKET}/large/{i:03d}", large))
@@ -783,6 +817,7 @@ def run_server(target: Target, gen, args, small_body: bytes, large: bytes, log) 
               f"other load {fmt_others(ph)}, peak RSS {ph['peak_rss'] / MB:.0f} MB)")
         rbuf = bytearray(len(large))
         get_large(target, f"/{BUCKET}/large-warm", large, rbuf)
+        settle_cold_tier(target, log)
         with mon.phase() as ph:
             for i in range(args.large_reps):
                 res.large_get.append(get_large(target, f"/{BUCKET}/large/{i:03d}", large, rbuf))
@@ -897,24 +932,9 @@ def report(ts: Result, moto: Result, args, gen, bare: dict | None, info: dict) -
 
 
 def machine_info(gen, work: str) -> dict:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    cpu = ln.split(":", 1)[1].strip()
-                    break
-    fs = ""
-    with contextlib.suppress(Exception):
-        fs = subprocess.run(["df", "-T", work], capture_output=True, text=True).stdout.splitlines()[1].split()[1]
-    versions = {}
-    for mod in ("moto", "aiohttp", "psutil"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-            versions[mod] = version(mod)
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "mem_gb": psutil.virtual_memory().total / (1 << 30),
-            "fs": fs, "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()), "generator": f"{gen.name} ({gen.version})", **versions}
+    return {**_machine_info(work, ("moto", "aiohttp", "psutil")),
+            "mem_gb": psutil.virtual_memory().total / (1 << 30),
+            "generator": f"{gen.name} ({gen.version})"}
 
 
 def find_wrk(install: bool) -> str | None:

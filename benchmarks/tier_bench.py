@@ -78,13 +78,11 @@ import hashlib
 import json
 import math
 import os
-import platform
 import queue
 import resource
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -108,7 +106,7 @@ from tidestore.testing import tidestore_server  # noqa: E402
 from tiering.cold_config import ColdConfig  # noqa: E402
 from tiering.segment_builder import plan_range  # noqa: E402
 from tiering.shipper import Shipper  # noqa: E402
-from bench_support import ratio as _ratio, table as _table, Tee  # noqa: E402
+from bench_support import machine_info as _machine_info, ratio as _ratio, table as _table, Tee  # noqa: E402
 
 OTHERS_WARN = 0.15  # other processes using more than 15% of a core during a phase: say so
 BLOCK = 4 * KiB
@@ -828,27 +826,6 @@ def warnings(ship: dict | None, gets: dict | None) -> list[str]:
     return out
 
 
-def machine_info(work: str) -> dict:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    cpu = ln.split(":", 1)[1].strip()
-                    break
-    fs = ""
-    with contextlib.suppress(Exception):
-        fs = subprocess.run(["df", "-T", work], capture_output=True, text=True).stdout.splitlines()[1].split()[1]
-    versions = {}
-    for mod in ("pyeclib", "zstandard", "boto3"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-            versions[mod] = version(mod)
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "fs": fs,
-            "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()), **versions}
-
-
 # ---- main -------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -899,7 +876,7 @@ def main(argv=None) -> int:
     own_parent = not os.path.exists(parent)
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix="run-", dir=parent)
-    info = machine_info(work)
+    info = _machine_info(work, ("pyeclib", "zstandard", "boto3"))
     log(f"Tidestore cold tier benchmark  (work dir {work}, {info['fs']})")
     log(f"machine: nproc={info['nproc']} cpu={info['cpu']!r}  python {info['python']}  "
         f"pyeclib {info.get('pyeclib', '?')} zstandard {info.get('zstandard', '?')} boto3 "

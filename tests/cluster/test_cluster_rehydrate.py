@@ -36,6 +36,17 @@ def rehydrate(cfg: str, *extra) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180, env=_env())
 
 
+def lose_disk(member, tmp_path) -> str:
+    """kill -9 a member and delete its data directory; returns its config's path (kept
+    outside the lost directory, as an operator's config would be)."""
+    member.kill()
+    shutil.rmtree(member.data_dir)
+    cfg = str(tmp_path / f"{member.id}.toml")
+    with open(cfg, "w") as f:
+        f.write(member.config_text())
+    return cfg
+
+
 class Writer(threading.Thread):
     """Keeps writing through the given members; remembers what was acknowledged."""
 
@@ -92,13 +103,9 @@ def test_a_lost_member_is_rehydrated_while_the_group_keeps_writing(tmp_path):
 
         victim = next(m for m in group.members if m is not group.wait_leader())
         survivors = [m for m in group.members if m is not victim]
-        victim.kill()
-        shutil.rmtree(victim.data_dir)  # the disk is gone
+        cfg = lose_disk(victim, tmp_path)
         writer = Writer(survivors, "rehy")
         writer.start()
-        cfg = str(tmp_path / f"{victim.id}.toml")
-        with open(cfg, "w") as f:
-            f.write(victim.config_text())
 
         # interrupted half way (SIGKILL while it replays cold storage) ...
         proc = subprocess.Popen([sys.executable, "-m", "tidestore", "rehydrate", "--config", cfg],
@@ -217,11 +224,7 @@ def test_a_rehydrated_member_elects_no_one_until_it_holds_what_was_committed(tmp
         wait_shipped(group, group.members)
         victim = next(m for m in group.members if m is not leader)
         other = next(m for m in group.members if m not in (leader, victim))
-        victim.kill()
-        shutil.rmtree(victim.data_dir)
-        cfg = str(tmp_path / "victim.toml")
-        with open(cfg, "w") as f:
-            f.write(victim.config_text())
+        cfg = lose_disk(victim, tmp_path)
         out = rehydrate(cfg, "--json")
         assert out.returncode == 0, out.stderr
         rep = json.loads(out.stdout)
@@ -257,11 +260,7 @@ def test_rehydrate_before_anything_was_shipped(tmp_path):
         leader.client().create_bucket(Bucket="young")
         written = put_some(leader, "young", "k", 10, 50_000)
         victim = next(m for m in group.members if m is not leader)
-        victim.kill()
-        shutil.rmtree(victim.data_dir)
-        cfg = str(tmp_path / "victim.toml")
-        with open(cfg, "w") as f:
-            f.write(victim.config_text())
+        cfg = lose_disk(victim, tmp_path)
         out = rehydrate(cfg, "--json")
         assert out.returncode == 0, out.stderr
         rep = json.loads(out.stdout)
