@@ -62,37 +62,39 @@ class RebuildReport:
         return asdict(self)
 
 
-def discover(stores: list[ShardStore]) -> dict[str, dict]:
-    """Every segment in the stores: id -> {first, last, compacted, shards {i: (store, name)}}."""
+def _shards(stores: list[ShardStore], kind: str) -> dict[str, dict[int, tuple]]:
+    """`kind/<id>/shard-<i>` in every store: id -> {i: (store index, name)}."""
     found: dict[str, dict] = {}
     for si, store in enumerate(stores):
-        for name in store.list("segments/"):
+        for name in store.list(kind + "/"):
             parts = name.split("/")
-            if len(parts) != 3 or not parts[2].startswith("shard-"):
-                continue
-            seg_id = parts[1]
+            if len(parts) == 3 and parts[2].startswith("shard-") and parts[2][6:].isdigit():
+                found.setdefault(parts[1], {})[int(parts[2][6:])] = (si, name)
+    return found
+
+
+def discover(stores: list[ShardStore]) -> dict[str, dict]:
+    """Every segment in the stores: id -> {first, last, compacted, shards {i: (store, name)}}."""
+    found = {}
+    for seg_id, shards in _shards(stores, "segments").items():
+        try:
             lo, hi, *rest = seg_id.split("-")
-            seg = found.setdefault(seg_id, {"id": seg_id, "first": int(lo, 16), "last": int(hi, 16),
-                                            "compacted": bool(rest), "shards": {}})
-            seg["shards"][int(parts[2][len("shard-"):])] = (si, name)
+            found[seg_id] = {"id": seg_id, "first": int(lo, 16), "last": int(hi, 16),
+                             "compacted": bool(rest), "shards": shards}
+        except ValueError:
+            continue  # not a segment name
     return found
 
 
 def discover_checkpoints(stores: list[ShardStore]) -> list[dict]:
     """Every catalog checkpoint in the stores, oldest first: {id, lsn, shards}."""
-    found: dict[str, dict] = {}
-    for si, store in enumerate(stores):
-        for name in store.list("checkpoints/"):
-            parts = name.split("/")
-            if len(parts) != 3 or not parts[2].startswith("shard-"):
-                continue
-            try:
-                lsn = int(parts[1], 16)
-            except ValueError:
-                continue
-            ck = found.setdefault(parts[1], {"id": parts[1], "lsn": lsn, "shards": {}})
-            ck["shards"][int(parts[2][len("shard-"):])] = (si, name)
-    return sorted(found.values(), key=lambda c: c["lsn"])
+    found = []
+    for ck_id, shards in _shards(stores, "checkpoints").items():
+        try:
+            found.append({"id": ck_id, "lsn": int(ck_id, 16), "shards": shards})
+        except ValueError:
+            continue
+    return sorted(found, key=lambda c: c["lsn"])
 
 
 def _locations(seg: dict, stores: list[ShardStore], kind: str = "segments") -> dict:
@@ -128,16 +130,21 @@ def chain(found: dict[str, dict]) -> tuple[list[dict], list[str]]:
     than k)."""
     segs = sorted(found.values(), key=lambda s: (s["first"], s["last"]))
     most = max((len(s["shards"]) for s in segs), default=0)
-    best: dict[int, tuple] = {1: (0, 0, [])}  # next LSN -> (compacted, missing shards, path)
+    # next LSN -> (compacted, missing shards, the last segment of the path, its start)
+    best: dict[int, tuple] = {1: (0, 0, None, None)}
     for seg in segs:
         here = best.get(seg["first"])
         if here is None:
             continue
-        cand = (here[0] + seg["compacted"], here[1] + most - len(seg["shards"]), here[2] + [seg])
+        cand = (here[0] + seg["compacted"], here[1] + most - len(seg["shards"]), seg, seg["first"])
         nxt = seg["last"] + 1
         if nxt not in best or cand[:2] < best[nxt][:2]:
             best[nxt] = cand
-    out = best[max(best)][2]
+    out, at = [], max(best)
+    while best[at][2] is not None:  # walk the path back from its end
+        out.append(best[at][2])
+        at = best[at][3]
+    out.reverse()
     used = {s["id"] for s in out}
     return out, sorted(i for i in found if i not in used)
 
