@@ -49,6 +49,7 @@ class EvictReport:
     # evicted in the catalog but pinned by a reader when its file was to go:
     # the file is left for reclaim once unpinned
     left_for_reclaim: int = 0
+    bytes_left_for_reclaim: int = 0  # their size: freed at that reclaim
 
 
 class _Changed(Exception):
@@ -102,7 +103,9 @@ def evict(engine: "Engine", target_hot_bytes: int) -> EvictReport:
                     # cold now; its file goes at the next reclaim: count it as gone,
                     # or the loop would evict newer segments past the budget
                     report.left_for_reclaim += 1
-                    hot -= wal.segment_size_on_disk(seg)
+                    size = wal.segment_size_on_disk(seg)
+                    report.bytes_left_for_reclaim += size
+                    hot -= size
                     continue
                 freed = wal.delete_segment(seg)
             engine.pool.invalidate_segment(seg)

@@ -115,7 +115,7 @@ class ColdTier:
             self.engine.checkpoint()
             report = self.engine.evict(budget)
             self.evicted_segments += report.segments_evicted
-            self.evicted_bytes += report.bytes_freed
+            self.evicted_bytes += report.bytes_freed + report.bytes_left_for_reclaim
         if self.truncate is not None:
             self.truncate(self.engine.cold_hwm)
         if time.monotonic() - self._compacted_at >= self.config.compact_interval_s:

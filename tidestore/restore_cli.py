@@ -78,6 +78,8 @@ def run(config_path: str, into: str, lsn: int | None, at: str | None, as_json: b
         print(f"tidestore: {into} already holds a store; restore into a new directory", file=sys.stderr)
         return 2
     try:
+        if lsn is not None and lsn < 1:
+            raise ValueError(f"--lsn must be a log LSN, 1 or more (not {lsn})")
         upto_ms = parse_time(at) if at is not None else None
         config = load(config_path)
         cold = ColdConfig.from_dict(config.cold)

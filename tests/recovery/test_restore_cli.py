@@ -186,3 +186,12 @@ def test_restore_to_a_time_past_compacted_history(tmp_path):
         assert early.returncode == 1 and "older than the history" in early.stderr, early.stderr
     finally:
         stop(srv)
+
+
+def test_restore_refuses_points_that_are_not_points(tmp_path):
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(CONFIG.format(stores=json.dumps(f"file://{tmp_path}/cold/d0")))
+    for point in (("--lsn", "0"), ("--lsn", "-5"), ("--time", "last tuesday")):
+        out = restore(str(cfg), str(tmp_path / "r"), *point)
+        assert out.returncode == 2 and "tidestore:" in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert not os.path.exists(tmp_path / "r" / "engine")
