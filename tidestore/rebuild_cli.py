@@ -46,7 +46,7 @@ def run(config_path: str, into: str, as_json: bool, out=sys.stdout) -> int:
         if not cold.stores:
             raise ValueError("the config names no [cold] stores (the embedded default lived in "
                              "the lost data directory)")
-        stores = cold.open_stores(into)
+        stores = cold.open_stores(into, create=False)
     except (OSError, ValueError) as exc:
         print(f"tidestore: {exc}", file=sys.stderr)
         return 2

@@ -138,7 +138,7 @@ def run(config_path: str, as_json: bool, force: bool = False, out=sys.stdout) ->
             raise ValueError(f"{data_dir} holds a member's data (engine or journal); rehydrate "
                              "fills an empty or lost directory: move this one aside first")
         os.makedirs(data_dir, exist_ok=True)
-        stores = cold.open_stores(data_dir)
+        stores = cold.open_stores(data_dir, create=False)
     except (OSError, ValueError) as exc:
         print(f"tidestore: {exc}", file=sys.stderr)
         return 2

@@ -85,7 +85,7 @@ def run(config_path: str, into: str, lsn: int | None, at: str | None, as_json: b
         cold = ColdConfig.from_dict(config.cold)
         if not cold.stores:
             raise ValueError("the config names no [cold] stores")
-        stores = cold.open_stores(into)
+        stores = cold.open_stores(into, create=False)
     except (OSError, ValueError) as exc:
         print(f"tidestore: {exc}", file=sys.stderr)
         return 2

@@ -123,7 +123,7 @@ def verify(data_dir: str, config: ColdConfig, heal: bool, work_dir: str | None =
     wal_problems = [{"segment": s["start"], "problem": s["problem"],
                      "last": i == len(wal) - 1} for i, s in enumerate(wal) if s["problem"]]
     objects = shipped_objects(os.path.join(engine_dir, "catalog"))
-    stores = config.open_stores(data_dir) if objects else []  # (opening a file:// store may create it)
+    stores = config.open_stores(data_dir, create=heal) if objects else []
     damaged, healed, unhealed = [], [], []
     for what, loc in objects:
         bad = check_object(what, loc, stores)

@@ -92,11 +92,13 @@ class ColdConfig:
         base = os.path.abspath(os.path.join(data_dir, "cold"))
         return [f"file://{base}/drive-{i}" for i in range(self.k + self.m)]
 
-    def open_stores(self, data_dir: str) -> list[ShardStore]:
+    def open_stores(self, data_dir: str, create: bool = True) -> list[ShardStore]:
+        """`create=False` for the tools that only read cold storage (rebuild, restore,
+        rehydrate, verify without --heal): a wrong path is a missing store."""
         s3 = dict(endpoint_url=self.endpoint_url, access_key=self.access_key,
                   secret_key=self.secret_key, region=self.region,
                   create_bucket=self.create_bucket, timeout=self.timeout_s)
-        return [open_store(url, **s3) if url.startswith("s3://") else open_store(url)
+        return [open_store(url, create, **s3) if url.startswith("s3://") else open_store(url, create)
                 for url in self.store_urls(data_dir)]
 
     def erasure(self) -> ErasureCode:

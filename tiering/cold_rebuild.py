@@ -19,6 +19,7 @@ segment's entries starts from a checkpoint at or after it, or is refused.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -35,7 +36,9 @@ from . import catalog_checkpoint
 from .cold_reader import segment_reader
 from .erasure import HEADER as SHARD_HEADER
 from .erasure import ShardHeader
-from .shard_store import ShardStore
+from .shard_store import ShardStore, ShardStoreError
+
+log = logging.getLogger(__name__)
 
 
 class RebuildImpossible(Exception):
@@ -66,7 +69,12 @@ def _shards(stores: list[ShardStore], kind: str) -> dict[str, dict[int, tuple]]:
     """`kind/<id>/shard-<i>` in every store: id -> {i: (store index, name)}."""
     found: dict[str, dict] = {}
     for si, store in enumerate(stores):
-        for name in store.list(kind + "/"):
+        try:
+            names = list(store.list(kind + "/"))
+        except ShardStoreError as exc:  # a lost drive: the others may hold k shards
+            log.warning("cold storage: %s", exc)
+            continue
+        for name in names:
             parts = name.split("/")
             if len(parts) == 3 and parts[2].startswith("shard-") and parts[2][6:].isdigit():
                 found.setdefault(parts[1], {})[int(parts[2][6:])] = (si, name)

@@ -68,11 +68,14 @@ class ShardStore(Protocol):
     def iter_read(self, name: str, chunk: int = 1 << 20) -> Iterator[bytes]: ...
 
 
-def open_store(url: str, **options) -> ShardStore:
+def open_store(url: str, create: bool = True, **options) -> ShardStore:
     """`file://DIR` or `s3://bucket/prefix`; S3 options: endpoint_url, access_key,
-    secret_key, region, create_bucket, timeout."""
+    secret_key, region, create_bucket, timeout. `create=False`: never create the
+    directory or the bucket (for tools that only read)."""
     if url.startswith("file://"):
-        return FileShardStore(url[len("file://"):], **options)
+        return FileShardStore(url[len("file://"):], create=create)
+    if not create:
+        options["create_bucket"] = False
     if url.startswith("s3://"):
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if "@" in bucket:  # never echo this URL: it holds credentials
@@ -180,10 +183,13 @@ class FileShardStore(_StoreBase):
     of silently recreating it.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, create: bool = True):
+        """`create=False` for tools that only read a store: a mistyped path is then a
+        missing store (ShardStoreUnavailable on use), not a new empty one."""
         self.root = os.path.abspath(directory)
         self.url = "file://" + self.root
-        os.makedirs(self.root, exist_ok=True)
+        if create:
+            os.makedirs(self.root, exist_ok=True)
         # held while creating subdirectories, so no put can return before the directory
         # entry it depends on (created by another thread) has been fsynced
         self._mkdir_lock = threading.Lock()

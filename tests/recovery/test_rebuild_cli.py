@@ -68,6 +68,7 @@ def test_rebuild_from_cold_alone_serves_the_store_as_of_the_hwm(tmp_path):
     finally:
         stop(srv, signal.SIGKILL)
     shutil.rmtree(data_dir)  # every replica lost
+    shutil.rmtree(tmp_path / "cold" / "d5")  # and a cold drive: any k = 4 of the 6 shards do
 
     into = str(tmp_path / "rebuilt")
     out = rebuild(str(cfg), into, "--json")
@@ -104,6 +105,7 @@ def test_rebuild_says_what_it_needs(tmp_path):
     out = rebuild(str(cfg), str(tmp_path / "y"))
     assert out.returncode == 1 and "no segment starting at LSN 1" in out.stderr
     assert "Traceback" not in out.stderr
+    assert not os.path.exists(tmp_path / "empty")  # a mistyped store is not created by a reader
 
 
 def test_rebuild_past_compacted_history_starts_from_a_catalog_checkpoint(tmp_path):
