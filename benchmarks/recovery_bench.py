@@ -719,43 +719,32 @@ def main(argv=None) -> int:
     log(f"machine: nproc={info['nproc']} cpu={info['cpu']!r}  python {info['python']}; "
         f"load average before the run: {info['loadavg']}")
     t_start = time.monotonic()
-    p1 = p2 = p3 = None
+    results: dict = {}
     failed: dict = {}
     interrupted = False
+    steps = [("rebuild", "p1", rebuild_part,
+              f"1. rebuild from cold alone: one node, {args.rebuild_mib} x 1 MiB objects"),
+             ("rehydrate", "p2", rehydrate_part,
+              f"2. rehydrate one member of a 3-node group: {args.rehydrate_mib} x 1 MiB objects"),
+             ("wal", "p3", wal_part,
+              f"3. crash recovery: engine_bench.py --only recovery --wal-mib {args.wal_mib}")]
     try:
-        if "rebuild" in parts:
-            log(f"\n1. rebuild from cold alone: one node, {args.rebuild_mib} x 1 MiB objects")
-            os.makedirs(os.path.join(work, "p1"))
+        for name, sub, run_part, title in steps:
+            if name not in parts:
+                continue
+            log("\n" + title)
+            os.makedirs(os.path.join(work, sub))
             try:
-                p1 = rebuild_part(os.path.join(work, "p1"), args)
+                results[name] = run_part(os.path.join(work, sub), args)
+                if name == "wal":
+                    log("  " + "\n  ".join(ln for ln in results[name]["stdout"].splitlines() if ln.strip()))
             except Exception as exc:  # noqa: BLE001 - reported; the other parts still run
-                failed["rebuild"] = f"{type(exc).__name__}: {exc}"
-                log(f"  FAILED: {failed['rebuild']}")
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                log(f"  FAILED: {failed[name]}")
             finally:
                 kill_children()
-            if not args.keep:
-                shutil.rmtree(os.path.join(work, "p1"), ignore_errors=True)
-        if "rehydrate" in parts:
-            log(f"\n2. rehydrate one member of a 3-node group: {args.rehydrate_mib} x 1 MiB objects")
-            os.makedirs(os.path.join(work, "p2"))
-            try:
-                p2 = rehydrate_part(os.path.join(work, "p2"), args)
-            except Exception as exc:  # noqa: BLE001 - reported
-                failed["rehydrate"] = f"{type(exc).__name__}: {exc}"
-                log(f"  FAILED: {failed['rehydrate']}")
-            finally:
-                kill_children()
-            if not args.keep:
-                shutil.rmtree(os.path.join(work, "p2"), ignore_errors=True)
-        if "wal" in parts:
-            log(f"\n3. crash recovery: engine_bench.py --only recovery --wal-mib {args.wal_mib}")
-            os.makedirs(os.path.join(work, "p3"))
-            try:
-                p3 = wal_part(os.path.join(work, "p3"), args)
-                log("  " + "\n  ".join(ln for ln in p3["stdout"].splitlines() if ln.strip()))
-            except Exception as exc:  # noqa: BLE001 - reported
-                failed["wal"] = f"{type(exc).__name__}: {exc}"
-                log(f"  FAILED: {failed['wal']}")
+            if name != "wal" and not args.keep:
+                shutil.rmtree(os.path.join(work, sub), ignore_errors=True)
     except KeyboardInterrupt as exc:
         interrupted = True
         log(f"\ninterrupted ({str(exc) or 'Ctrl-C'})")
@@ -771,6 +760,7 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if interrupted:
         return 130
+    p1, p2, p3 = results.get("rebuild"), results.get("rehydrate"), results.get("wal")
     elapsed = time.monotonic() - t_start
     log(f"\n== Results (run took {elapsed:.0f}s; load average after "
         + " ".join(f"{x:.2f}" for x in os.getloadavg()) + ") ==")

@@ -27,7 +27,7 @@ from tiering.cold_garbage import find_garbage
 from tiering.cold_reader import erasure_code, shard_fetch
 from tiering.shard_store import ShardNotFound
 
-from .inspect_cli import _has_db, _wal_segments, open_catalog_readonly
+from .inspect_cli import _catalog, _has_db, _wal_segments, open_catalog_readonly
 
 
 def shipped_objects(catalog_dir: str) -> list[tuple[str, dict]]:
@@ -48,19 +48,6 @@ def shipped_objects(catalog_dir: str) -> list[tuple[str, dict]]:
                     checkpoints[ckpt["id"]] = ckpt
         out += [(f"checkpoint {cid}", loc) for cid, loc in sorted(checkpoints.items())]
         return out
-    finally:
-        env.close()
-
-
-def catalog_hwm(catalog_dir: str) -> int:
-    env = open_catalog_readonly(catalog_dir)
-    try:
-        if not _has_db(env, "meta"):
-            return 0
-        db = env.open_db(b"meta", create=False)
-        with env.begin(buffers=False) as txn:
-            value = txn.get(b"cold_hwm", db=db)
-        return msgpack.unpackb(value) if value is not None else 0
     finally:
         env.close()
 
@@ -139,8 +126,9 @@ def verify(data_dir: str, config: ColdConfig, heal: bool, work_dir: str | None =
     garbage = []
     if stores:
         referenced = {loc["id"] for what, loc in objects if what.startswith("segment ")}
+        catalog = _catalog(os.path.join(engine_dir, "catalog")) or {"meta": {}}
         garbage = [g.to_dict() for g in find_garbage(stores, referenced,
-                                                     catalog_hwm(os.path.join(engine_dir, "catalog")))]
+                                                     catalog["meta"].get("cold_hwm", 0))]
     # a torn tail of the last segment is normal after a crash (recovery cuts it)
     serious_wal = [p for p in wal_problems if not p["last"]]
     return {"data_dir": os.path.abspath(data_dir), "wal_segments": len(wal),
