@@ -39,6 +39,7 @@ from .shard_store import ShardStore
 log = logging.getLogger(__name__)
 
 SEGMENT_FORMAT = 1
+PLAN_MEMO_S = 5.0  # a plan short of a segment is redone at least this often under writes
 
 
 def segment_id(lsn_lo: int, lsn_hi: int) -> str:
@@ -82,6 +83,7 @@ class Shipper:
         self._since_checkpoint = 0  # segments shipped since the last catalog checkpoint
         self._pending_checkpoint: dict | None = None  # stored, waiting for the HWM to reach it
         self._waiting_since: float | None = None  # first seen something above the HWM
+        self._plan_memo: tuple | None = None  # (lsn_lo, WAL end, bytes, when) of a short plan
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,6 +105,7 @@ class Shipper:
 
     def nudge(self) -> None:
         """Look for work now (tests, and the lag bound)."""
+        self._plan_memo = None
         self._wake.set()
 
     def _loop(self) -> None:
@@ -133,12 +136,18 @@ class Shipper:
             return False
         if self._waiting_since is None:
             self._waiting_since = now
+        sealing = now - self._waiting_since >= self.config.seal_age_s
+        wal_end = self.engine.wal.end
+        if not sealing and self._still_short(hwm + 1, wal_end, now):
+            st.state = "waiting"
+            return False
         try:
             plan = plan_range(self.engine, hwm + 1, applied, self.config.segment_bytes)
             if plan is None:
                 st.state = "idle"
                 return False
-            if not plan.full and now - self._waiting_since < self.config.seal_age_s:
+            if not plan.full and not sealing:
+                self._plan_memo = (hwm + 1, wal_end, plan.chunk_bytes, now)
                 st.state = "waiting"
                 return False
             st.state = "shipping"
@@ -157,6 +166,20 @@ class Shipper:
         st.failures, st.retry_at, st.last_error = 0, 0.0, None
         self._waiting_since = None
         return True
+
+    def _still_short(self, lsn_lo: int, wal_end: int, now: float) -> bool:
+        """Whether the last plan from `lsn_lo`, which fell short of a segment, still
+        must: planning reads every APPLY record above the HWM, so while a segment fills
+        slowly it is redone only once the WAL has grown enough to fill it (the WAL
+        holds every byte a plan counts, nearly always written after the last plan),
+        or after PLAN_MEMO_S (chunks written earlier, taken by a later entry)."""
+        memo = self._plan_memo
+        if memo is None or memo[0] != lsn_lo:
+            return False
+        _lo, end, nbytes, at = memo
+        if wal_end == end:
+            return True  # nothing appended, so nothing applied: the plan stands
+        return now - at < PLAN_MEMO_S and nbytes + (wal_end - end) < self.config.segment_bytes
 
     # ---- one shipment -------------------------------------------------------------------
     def ship(self, lsn_lo: int, lsn_hi: int) -> dict:

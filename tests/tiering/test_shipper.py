@@ -268,3 +268,47 @@ def test_a_cold_chunk_read_costs_one_ranged_read_per_shard_used(setup):
         assert read_object(engine, reader, key) == written[key]
     per_chunk = (sum(s.reads for s in counting) - before) / (len(keys) - 1)
     assert per_chunk == config.k  # one run of fragments from each data shard; headers cached
+
+
+def test_a_short_segment_waits_without_rescanning_and_ships_once_full_or_old(tmp_path, monkeypatch):
+    """While the data above the HWM is short of a segment the shipper waits; it does
+    not re-read the WAL for a plan until enough was written to fill one (or the seal
+    age passes), and it never misses the moment a segment is full."""
+    import tiering.shipper as shipper_module
+
+    engine = Engine(str(tmp_path / "engine"), segment_size=MiB, maintenance_interval_s=0,
+                    ship_retention=True)
+    config = ColdConfig(stores=[f"file://{tmp_path}/cold/d{i}" for i in range(6)],
+                        segment_bytes=2 * MiB, seal_age_s=60.0)
+    log = Log(engine)
+    log.propose(E.CreateBucket("b", 1))
+    shipper = Shipper(engine, config, config.open_stores(str(tmp_path)), str(tmp_path / "ship"),
+                      propose=log.propose)
+    plans = []
+    real_plan = shipper_module.plan_range
+    monkeypatch.setattr(shipper_module, "plan_range",
+                        lambda *a: plans.append(a[1:3]) or real_plan(*a))
+    try:
+        objects(log, 4, 64 << 10, "a")  # 256 KiB: an eighth of a segment
+        t0 = 1000.0
+        assert not shipper.step(now=t0) and shipper.state.state == "waiting"
+        assert len(plans) == 1
+        objects(log, 2, 64 << 10, "b")  # still short, even counting every byte written
+        assert not shipper.step(now=t0 + 2)
+        assert len(plans) == 1 and engine.cold_hwm == 0
+        assert not shipper.step(now=t0 + 2 + shipper_module.PLAN_MEMO_S)  # but replanned now and then
+        assert len(plans) == 2
+        for i in range(20):  # nothing written: the plan stands, whatever the time
+            assert not shipper.step(now=t0 + 10 + i) and shipper.state.state == "waiting"
+        assert len(plans) == 2
+        objects(log, 28, 64 << 10, "c")  # now past the segment size: planned and shipped
+        assert shipper.step(now=t0 + 31) and engine.cold_hwm > 0
+        assert len(plans) == 3
+        while shipper.step(now=t0 + 32):
+            pass
+        hwm = engine.cold_hwm
+        objects(log, 1, 64 << 10, "d")  # a short tail: waits until the seal age, then ships
+        assert not shipper.step(now=t0 + 33) and engine.cold_hwm == hwm
+        assert shipper.step(now=t0 + 33 + config.seal_age_s) and engine.cold_hwm > hwm
+    finally:
+        engine.close()
