@@ -21,7 +21,7 @@ import logging
 import threading
 from collections import OrderedDict, deque
 
-from engine.errors import EngineError
+from engine.errors import EngineError, UnknownTransaction
 
 from . import data_wire as wire
 
@@ -108,6 +108,7 @@ class DataServer:
 
     # ---- engine work (executor threads) -----------------------------------------------
     def _write(self, txn: bytes, chunk_id: bytes, data: bytes, begin: bool) -> int:
+        """Write a pushed chunk into its transaction; returns the WAL end to wait for."""
         if wire.sha256(data) != chunk_id:
             raise _Refused(f"chunk {chunk_id.hex()} does not match its content")
         with self._txn_lock:
@@ -115,7 +116,23 @@ class DataServer:
                 raise _Refused(f"transaction {txn.hex()} was aborted")
             if begin:
                 self.engine.begin(txn)
-            return self.engine.write_chunk(txn, data, chunk_id).end
+            try:
+                return self.engine.write_chunk(txn, data, chunk_id).end
+            except UnknownTransaction as exc:
+                gone = exc
+        return self._late(chunk_id, data, gone)
+
+    def _late(self, chunk_id: bytes, data: bytes, gone: UnknownTransaction) -> int:
+        """A chunk pushed after its transaction ended here. This node was not in the
+        quorum the coordinator waited for (a slower peer): the entry committed and was
+        applied here while the rest of the upload was still on its way, and its
+        chunks not yet received became MISSING. Such a chunk is filled in from the
+        push itself (durable on return) rather than fetched again later; one already
+        held is simply acknowledged. Anything else (an upload rolled back by the
+        reaper) is refused as before."""
+        if self.engine.fill_chunk(chunk_id, data) or self.engine.has_chunk(chunk_id):
+            return 0
+        raise gone
 
     def _abort(self, txn: bytes) -> int:
         with self._txn_lock:

@@ -7,6 +7,7 @@ detail and is never stored.
 
 from __future__ import annotations
 
+import functools
 from email.utils import formatdate
 
 from .errors import S3Error
@@ -63,4 +64,11 @@ def response_headers(info, query=None) -> dict:
 
 
 def http_date(ms: int) -> str:
-    return formatdate(ms / 1000, usegmt=True)
+    return _http_date_s(ms // 1000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date_s(seconds: int) -> str:
+    """Last-Modified has one-second resolution, and the objects read often share
+    their few seconds: formatting costs 4% of a small GET, a cache hit almost nothing."""
+    return formatdate(seconds, usegmt=True)

@@ -118,6 +118,58 @@ def test_concurrent_uploads_each_reach_quorum(tmp_path):
     run(main())
 
 
+def test_a_slow_peer_whose_entry_was_applied_keeps_the_rest_of_the_upload(tmp_path):
+    """The coordinator proposes once a quorum holds the chunks; a slower peer may
+    apply the entry while the rest of the upload is still on its way to it. The
+    chunks arriving after that fill in what the entry marked missing there (no
+    fetch needed later) and are acknowledged: the peer is not dropped."""
+    chunks = [chunk(os.urandom(256 << 10)) for _ in range(6)]
+    txn = os.urandom(16)
+
+    async def main():
+        async with peer_nodes(tmp_path) as (engines, addrs):
+            client = DataClient(SECRET, addrs, node_id="coord")
+            up = client.open_upload(txn)
+            await send_all(up, chunks[:2])
+            assert sorted(await up.wait_quorum(2, timeout=10)) == ["p0", "p1"]
+            slow = engines[1]
+            commit(slow, 2, txn, "obj", chunks)  # applied with 4 of its 6 chunks not here
+            assert len(slow.missing_chunks()) == 4
+            await send_all(up, chunks[2:])
+            assert sorted(await up.wait_quorum(2, timeout=10)) == ["p0", "p1"]
+            up.close()
+            assert slow.missing_chunks() == []
+            assert read_object(slow, "obj") == b"".join(d for _c, d in chunks)
+            assert slow.stats()["open_txns"] == 0  # the late chunks opened nothing
+            commit(engines[0], 2, txn, "obj", chunks)
+            assert read_object(engines[0], "obj") == b"".join(d for _c, d in chunks)
+            await client.close()
+
+    run(main())
+
+
+def test_a_push_into_a_transaction_that_no_longer_exists_is_refused(tmp_path):
+    """A chunk nothing references, pushed into a transaction the peer has already
+    rolled back (reaped as a loser), is refused and the peer dropped, as before."""
+    chunks = [chunk(os.urandom(64 << 10)) for _ in range(3)]
+    txn = os.urandom(16)
+
+    async def main():
+        async with peer_nodes(tmp_path, n=1) as (engines, addrs):
+            client = DataClient(SECRET, addrs, node_id="coord")
+            up = client.open_upload(txn)
+            await send_all(up, chunks[:1])
+            assert await up.wait_quorum(1, timeout=10) == ["p0"]
+            assert engines[0].reap_expired(timeout_s=0) == [txn]
+            await send_all(up, chunks[1:])
+            with pytest.raises(QuorumNotReached):
+                await up.wait_quorum(1, timeout=3)
+            up.abort()
+            await client.close()
+
+    run(main())
+
+
 def test_a_down_peer_leaves_a_quorum_of_one(tmp_path):
     chunks = [chunk(os.urandom(64 << 10)) for _ in range(3)]
 
