@@ -104,3 +104,15 @@ def test_botocore_reads_error_documents(err):
     assert response["ResponseMetadata"]["HTTPStatusCode"] == err.status
     for name, value in err.extra.items():
         assert response["Error"][name] == value
+
+
+def test_request_ids_are_sixteen_hex_digits_and_never_repeat():
+    """Clients quote request ids to correlate failures with the server's log: each
+    must name one request."""
+    import re
+
+    from s3front.app import next_request_id
+
+    ids = [next_request_id() for _ in range(20000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9A-F]{16}", i) for i in ids)
