@@ -81,6 +81,8 @@ class Shipper:
         self.fetch = fetch
         self.state = ShipperState()
         self._since_checkpoint = 0  # segments shipped since the last catalog checkpoint
+        self._bytes_since_checkpoint = 0  # and their bytes
+        self._last_checkpoint_size = 0  # bytes stored for the last checkpoint (compressed)
         self._pending_checkpoint: dict | None = None  # stored, waiting for the HWM to reach it
         self._waiting_since: float | None = None  # first seen something above the HWM
         self._plan_memo: tuple | None = None  # (lsn_lo, WAL end, bytes, when) of a short plan
@@ -216,6 +218,7 @@ class Shipper:
             raise ShippingFailed(f"SegmentShipped [{lsn_lo}, {lsn_hi}] was refused: {error}")
         if not error:
             self._since_checkpoint += 1
+            self._bytes_since_checkpoint += info.size
             if "checkpoint" in locations:
                 self._pending_checkpoint = None
                 self.state.last_checkpoint = checkpoint
@@ -235,14 +238,23 @@ class Shipper:
         return locations
 
     def _maybe_checkpoint(self) -> None:
-        """Every `checkpoint_segments` segments, ship the catalog too. A failure here
-        only delays the checkpoint: shipping segments does not depend on it."""
+        """Every `checkpoint_segments` segments, ship the catalog too, but never more
+        bytes of checkpoints than of segments: the catalog of a store of many small
+        objects can outgrow the data shipped between two checkpoints (a million
+        objects make a catalog of a few hundred MB), and checkpoints are kept, so the
+        next one waits until the segments shipped since the last one are at least
+        its size. A failure here only delays the checkpoint: shipping segments does
+        not depend on it."""
         every = self.config.checkpoint_segments
         if not every or self._pending_checkpoint is not None or self._since_checkpoint < every:
+            return
+        if self._bytes_since_checkpoint < self._last_checkpoint_size:
             return
         try:
             self._pending_checkpoint = self.ship_checkpoint()
             self._since_checkpoint = 0
+            self._bytes_since_checkpoint = 0
+            self._last_checkpoint_size = self._pending_checkpoint["size"]
         except Exception as exc:  # noqa: BLE001 - retried after the next segment
             log.warning("cold shipper: catalog checkpoint failed: %s", exc)
 

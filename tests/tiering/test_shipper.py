@@ -312,3 +312,42 @@ def test_a_short_segment_waits_without_rescanning_and_ships_once_full_or_old(tmp
         assert shipper.step(now=t0 + 33 + config.seal_age_s) and engine.cold_hwm > hwm
     finally:
         engine.close()
+
+
+def test_checkpoints_never_outweigh_the_segments_shipped_between_them(tmp_path):
+    """Many small objects make a catalog bigger than the segments that fill between
+    two checkpoints: the shipper then spaces checkpoints out, so that the bytes of
+    checkpoints stored never exceed the bytes of segments (checkpoints are kept)."""
+    engine = Engine(str(tmp_path / "engine"), segment_size=MiB, maintenance_interval_s=0,
+                    ship_retention=True)
+    config = ColdConfig(stores=[f"file://{tmp_path}/cold/d{i}" for i in range(6)],
+                        segment_bytes=32 << 10, seal_age_s=0.0, checkpoint_segments=1)
+    log = Log(engine)
+    log.propose(E.CreateBucket("b", 1))
+    shipper = Shipper(engine, config, config.open_stores(str(tmp_path)), str(tmp_path / "ship"),
+                      propose=log.propose)
+    shipped = []  # ("segment" | "checkpoint", bytes stored), in the order they were stored
+    ship, ship_checkpoint = shipper.ship, shipper.ship_checkpoint
+    shipper.ship = lambda lo, hi: shipped.append(("segment", (loc := ship(lo, hi))["size"])) or loc
+    shipper.ship_checkpoint = lambda: shipped.append(("checkpoint", (c := ship_checkpoint())["size"])) or c
+    try:
+        for r in range(30):
+            objects(log, 40, 1000, tag=f"r{r:02d}-")
+            while shipper.step():
+                pass
+        checkpoints = [size for kind, size in shipped if kind == "checkpoint"]
+        segments = [size for kind, size in shipped if kind == "segment"]
+        assert len(checkpoints) >= 3
+        assert checkpoints[-1] > max(segments)  # the catalog did outgrow a segment
+        last_checkpoint, since = None, 0
+        for kind, size in shipped:
+            if kind == "segment":
+                since += size
+                continue
+            if last_checkpoint is not None:
+                assert since >= last_checkpoint
+            last_checkpoint, since = size, 0
+        assert sum(checkpoints) <= sum(segments)
+        assert len(checkpoints) < len(segments) // 2  # not one per segment, as configured
+    finally:
+        engine.close()
