@@ -176,7 +176,7 @@ def start_tidestore(work: str) -> Target:
     data_dir = os.path.join(work, "tidestore-data")
     os.environ["PYTHONPATH"] = REPO + (os.pathsep + os.environ["PYTHONPATH"]
                                        if os.environ.get("PYTHONPATH") else "")
-    srv = testing.start(data_dir, listen="127.0.0.1:0", access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    srv = testing.start(data_dir, listen="127.0.0.1:0", access_key=ACCESS_KEY, secret_key=SECRET_KEY, extra_args=os.environ.get("XARGS", "").split())
     hostport = srv.endpoint.split("//", 1)[1]
     host, port = hostport.rsplit(":", 1)
     return Target("tidestore", host, int(port), srv.pid, Signer(hostport, ACCESS_KEY, SECRET_KEY),

@@ -28,6 +28,7 @@ from typing import Callable
 
 from engine.entries import SegmentsCompacted
 
+from .background import Yielder
 from .cold_config import ColdConfig
 from .cold_reader import segment_reader
 from .segment_format import SegmentWriter
@@ -105,9 +106,11 @@ class ColdCompactor:
         try:
             with open(tmp, "w+b") as f:
                 writer = SegmentWriter(f, first, last, level=self.config.zstd_level)
+                pause = Yielder()
                 for row in run:
                     reader = segment_reader(row["locations"], self.stores)
                     for cid in reader.chunk_ids():
+                        pause()
                         if cid in live:
                             writer.add_chunk(cid, reader.read_chunk(cid), verified=True)
                 info = writer.finish()

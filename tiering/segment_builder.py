@@ -32,6 +32,8 @@ from engine.applied_scan import read_logged_chunk
 from engine.entries import SegmentShipped, decode_entry
 from tiering.segment_format import SegmentInfo, SegmentWriter
 
+from .background import Yielder
+
 Fetch = Callable[[bytes], "bytes | None"]
 
 
@@ -71,7 +73,9 @@ def plan_range(engine, lsn_lo: int, lsn_max: int, target_bytes: int) -> RangePla
     if lsn_max < lsn_lo:
         return None
     entries, total, last, real = 0, 0, None, False
+    pause = Yielder()
     for item in engine.scan_applied(lsn_lo, lsn_max):
+        pause()
         entries += 1
         real = real or not _is_shipped_record(item.entry)
         total += len(item.entry) + sum(size for _cid, _lsn, size in item.locations)
@@ -95,7 +99,9 @@ def build_segment(engine, lsn_lo: int, lsn_hi: int, fileobj: BinaryIO, *,
     applied = engine.scan_applied(lsn_lo, lsn_hi)  # checks the range before writing
     writer = SegmentWriter(fileobj, lsn_lo, lsn_hi, level=level)
     stored: set[bytes] = set()
+    pause = Yielder()
     for item in applied:
+        pause()
         writer.add_entry(item.lsn, item.entry)
         held = {cid: wal_lsn for cid, wal_lsn, _size in item.locations}
         for chunk_id in _introduced(engine, item, held):
