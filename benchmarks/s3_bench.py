@@ -172,11 +172,12 @@ class Target:
     version: str = ""
 
 
-def start_tidestore(work: str) -> Target:
+def start_tidestore(work: str, config: str | None = None) -> Target:
     data_dir = os.path.join(work, "tidestore-data")
     os.environ["PYTHONPATH"] = REPO + (os.pathsep + os.environ["PYTHONPATH"]
                                        if os.environ.get("PYTHONPATH") else "")
-    srv = testing.start(data_dir, listen="127.0.0.1:0", access_key=ACCESS_KEY, secret_key=SECRET_KEY, extra_args=os.environ.get("XARGS", "").split())
+    srv = testing.start(data_dir, listen="127.0.0.1:0", access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                        extra_args=("--config", config) if config else ())
     hostport = srv.endpoint.split("//", 1)[1]
     host, port = hostport.rsplit(":", 1)
     return Target("tidestore", host, int(port), srv.pid, Signer(hostport, ACCESS_KEY, SECRET_KEY),
@@ -975,6 +976,9 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", help="where data directories go (default: a temporary directory "
                                       "beside the repository, on its disk)")
     p.add_argument("--json", help="also write all figures to this JSON file")
+    p.add_argument("--tidestore-config", metavar="FILE",
+                   help="start Tidestore with this TOML config (e.g. [cold] enabled = false, to "
+                        "measure without the cold tier shipping)")
     p.add_argument("--py-spy", metavar="DIR",
                    help="after the measured phases, profile Tidestore under the same loads with "
                         "py-spy and write collapsed stacks to DIR")
@@ -1054,7 +1058,7 @@ def main(argv=None) -> int:
                 tgt.stop()
         for name in servers:
             log(f"\n{name}:")
-            tgt = start_tidestore(work) if name == "tidestore" else start_moto(work)
+            tgt = start_tidestore(work, args.tidestore_config) if name == "tidestore" else start_moto(work)
             try:
                 results[name] = run_server(tgt, gen, args, small_body, large, log)
                 if args.py_spy and name == "tidestore":
