@@ -14,7 +14,7 @@ import hashlib
 import os
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -49,6 +49,7 @@ from .wal import Wal
 from .wal_record import RecordType, parse_header
 
 _DIRECT_READ = 1 << 20  # piece size for reads that bypass the pool
+COMMITTED_TXN_MEMORY = 4096  # transactions remembered as committed (see committed_change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,8 @@ class Engine:
                                wal_segments=self.wal.segments)
         self.pool = BufferPool(self._read_segment, config.page_size, config.pool_budget)
         self.txns = TxnTable()
+        self._committed_txns: OrderedDict = OrderedDict()  # txn id -> Pending, the latest
+        # COMMITTED_TXN_MEMORY entries that committed a transaction
         self._lock = threading.RLock()  # orders WAL appends with their catalog tickets
         self._ckpt_lock = threading.RLock()  # one deleter of WAL segments at a time
         self._pins: Counter = Counter()  # segments a reader is streaming from
@@ -162,14 +165,26 @@ class Engine:
 
     # ---- write path --------------------------------------------------------------
     def begin(self, txn_id: bytes | None = None) -> bytes:
-        """Start (or rejoin) a transaction; a replica passes the coordinator's id."""
+        """Start (or rejoin) a transaction; a replica passes the coordinator's id.
+        UnknownTransaction if an entry already committed that id here (a replica's
+        late chunks must not reopen it: see `committed_change`)."""
         txn_id = txn_id or os.urandom(TXN_ID_LEN)
         if len(txn_id) != TXN_ID_LEN:
             raise ValueError(f"transaction ids are {TXN_ID_LEN} bytes")
         with self._lock:
             self._check_open()
+            if txn_id in self._committed_txns:
+                raise UnknownTransaction(f"transaction {txn_id.hex()} was committed")
             self.txns.begin(txn_id)
         return txn_id
+
+    def committed_change(self, txn_id: bytes) -> Pending | None:
+        """The change of the entry that committed `txn_id` here, if it was one of the
+        last COMMITTED_TXN_MEMORY: a replica that was slower than the quorum applies an
+        entry while the chunks of its upload may still be on their way; wait() on it,
+        and its MISSING rows are there to be filled with them."""
+        with self._lock:
+            return self._committed_txns.get(txn_id)
 
     def write_chunk(self, txn_id: bytes, data, chunk_id: bytes | None = None) -> ChunkRef:
         """Append one chunk to the WAL inside a transaction. Not durable on return.
@@ -247,9 +262,14 @@ class Engine:
                 self.last_data_lsn = lsn
             if record.chunks:
                 self._unpublished.append((rec_lsn, min(c[1] for c in record.chunks)))
-            return self._publisher.enqueue(
-                Pending(rec_lsn, end,
-                        lambda t: self._apply_to_catalog(t, record, entry, rec_lsn)))
+            pending = Pending(rec_lsn, end,
+                              lambda t: self._apply_to_catalog(t, record, entry, rec_lsn))
+            if entry.txn is not None:
+                committed = self._committed_txns
+                committed[bytes(entry.txn)] = pending
+                while len(committed) > COMMITTED_TXN_MEMORY:
+                    committed.popitem(last=False)
+            return self._publisher.enqueue(pending)
 
     # ---- missing chunks: fetched from a peer, filled in ---------------------------------
     def fill_chunk(self, chunk_id: bytes, data) -> bool:
@@ -461,6 +481,12 @@ class Engine:
     def applied_lsn(self) -> int:
         """The highest log LSN whose entry this engine has applied (visible or not yet)."""
         return self._applied_lsn
+
+    def applied_and_wal_end(self) -> tuple[int, int]:
+        """(applied LSN, WAL end) read together: every APPLY record below that end is
+        for an entry at or below that LSN, and every later one lies above the end."""
+        with self._lock:
+            return self._applied_lsn, self.wal.end
 
     @staticmethod
     def max_key_bytes(bucket: str) -> int:

@@ -43,6 +43,7 @@ class Pending:
 
     def _finish(self, result=None, error: BaseException | None = None) -> None:
         self._result, self._error = result, error
+        self.change = None  # applied: what it held (an entry, its chunks) can go
         with self._cb_lock:
             self._done = True
             if self._event is not None:

@@ -114,26 +114,30 @@ class DataServer:
         with self._txn_lock:
             if txn in self._aborted:
                 raise _Refused(f"transaction {txn.hex()} was aborted")
-            if begin:
-                self.engine.begin(txn)
             try:
+                if begin:
+                    self.engine.begin(txn)
                 return self.engine.write_chunk(txn, data, chunk_id).end
             except UnknownTransaction as exc:
                 gone = exc
-        return self._late(chunk_id, data, gone)
+        return self._late(txn, chunk_id, data, gone)
 
-    def _late(self, chunk_id: bytes, data: bytes, gone: UnknownTransaction) -> int:
-        """A chunk pushed after its transaction ended here. This node was not in the
-        quorum the coordinator waited for (a slower peer): the entry committed and was
-        applied here while the rest of the upload was still on its way, and its
-        chunks not yet received became MISSING. Such a chunk is filled in from the
-        push itself (durable on return) rather than fetched again later; one already
-        held is simply acknowledged. Anything else (an upload rolled back by the
-        reaper) is refused as before."""
-        if self.engine.fill_chunk(chunk_id, data) or self.engine.has_chunk(chunk_id):
-            return 0
-        raise gone
-
+    def _late(self, txn: bytes, chunk_id: bytes, data: bytes, gone: UnknownTransaction) -> int:
+        """A chunk pushed after an entry committed its transaction here. This node was
+        not in the quorum the coordinator waited for (a slower peer): the entry was
+        applied while the upload, or the rest of it, was still on its way, and its
+        chunks not received became MISSING. Once that entry's catalog change is
+        published, such a chunk is filled in from the push itself (durable on return)
+        rather than fetched again later; one already held, or no longer needed (the
+        entry was refused, the object already replaced), is acknowledged: the upload
+        is over. A transaction that no entry committed (rolled back by the reaper) is
+        refused as before."""
+        change = self.engine.committed_change(txn)
+        if change is None:
+            raise gone
+        change.wait()
+        self.engine.fill_chunk(chunk_id, data)
+        return 0
     def _abort(self, txn: bytes) -> int:
         with self._txn_lock:
             self._aborted[txn] = None

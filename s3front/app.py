@@ -33,10 +33,10 @@ _request_counter = itertools.count(1)
 
 
 def next_request_id() -> str:
-    """16 hex digits, unique per request: a random per-process prefix and a counter
-    (an id correlates logs; it needs no secrecy, and os.urandom per request gave up
-    the GIL on the event loop for each one)."""
-    return f"{_REQUEST_PREFIX}{next(_request_counter) & 0xFFFFFFFF:08X}"
+    """16 hex digits (more after 2**32 requests), unique per request: a random
+    per-process prefix and a counter (an id correlates logs; it needs no secrecy, and
+    os.urandom per request gave up the GIL on the event loop for each one)."""
+    return f"{_REQUEST_PREFIX}{next(_request_counter):08X}"
 
 
 OPERATIONS = {}

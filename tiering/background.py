@@ -24,5 +24,5 @@ class Yielder:
     def __call__(self) -> None:
         now = time.perf_counter()
         if now >= self._next:
-            time.sleep(0)  # releases the GIL: a waiting thread takes it first
+            time.sleep(0)  # releases the GIL: a waiting thread usually takes it (not guaranteed)
             self._next = time.perf_counter() + self.every_s

@@ -82,7 +82,7 @@ class Shipper:
         self.state = ShipperState()
         self._since_checkpoint = 0  # segments shipped since the last catalog checkpoint
         self._bytes_since_checkpoint = 0  # and their bytes
-        self._last_checkpoint_size = 0  # bytes stored for the last checkpoint (compressed)
+        self._last_checkpoint_size: int | None = None  # bytes of the last checkpoint (compressed)
         self._pending_checkpoint: dict | None = None  # stored, waiting for the HWM to reach it
         self._waiting_since: float | None = None  # first seen something above the HWM
         self._plan_memo: tuple | None = None  # (lsn_lo, WAL end, bytes, when) of a short plan
@@ -132,14 +132,14 @@ class Shipper:
         if now < st.retry_at:
             st.state = "retrying"
             return False
-        hwm, applied = self.engine.cold_hwm, self.engine.applied_lsn
+        hwm = self.engine.cold_hwm
+        applied, wal_end = self.engine.applied_and_wal_end()  # see _still_short
         if applied <= hwm:
             st.state, self._waiting_since = "idle", None
             return False
         if self._waiting_since is None:
             self._waiting_since = now
         sealing = now - self._waiting_since >= self.config.seal_age_s
-        wal_end = self.engine.wal.end
         if not sealing and self._still_short(hwm + 1, wal_end, now):
             st.state = "waiting"
             return False
@@ -248,15 +248,33 @@ class Shipper:
         every = self.config.checkpoint_segments
         if not every or self._pending_checkpoint is not None or self._since_checkpoint < every:
             return
+        if self._last_checkpoint_size is None:  # a new shipper: the last one recorded
+            self._last_checkpoint_size = self._recorded_checkpoint_size()
         if self._bytes_since_checkpoint < self._last_checkpoint_size:
             return
         try:
             self._pending_checkpoint = self.ship_checkpoint()
-            self._since_checkpoint = 0
-            self._bytes_since_checkpoint = 0
             self._last_checkpoint_size = self._pending_checkpoint["size"]
         except Exception as exc:  # noqa: BLE001 - retried after the next segment
             log.warning("cold shipper: catalog checkpoint failed: %s", exc)
+            return
+        self._since_checkpoint = 0
+        self._bytes_since_checkpoint = 0
+
+    def _recorded_checkpoint_size(self) -> int:
+        """The size of the newest checkpoint the catalog records (0 if none): after a
+        restart or a change of leader the spacing rule goes on from it."""
+        newest, after = None, 0
+        while True:
+            rows = self.engine.cold_segments(after, 1000)
+            if not rows:
+                break
+            for row in rows:
+                ckpt = row["locations"].get("checkpoint")
+                if ckpt and (newest is None or ckpt["lsn"] >= newest["lsn"]):
+                    newest = ckpt
+            after = rows[-1]["last"]
+        return newest.get("size", 0) if newest else 0
 
     def ship_checkpoint(self) -> dict:
         """Store a catalog checkpoint; returns its locations (recorded by the next

@@ -121,8 +121,9 @@ def test_concurrent_uploads_each_reach_quorum(tmp_path):
 def test_a_slow_peer_whose_entry_was_applied_keeps_the_rest_of_the_upload(tmp_path):
     """The coordinator proposes once a quorum holds the chunks; a slower peer may
     apply the entry while the rest of the upload is still on its way to it. The
-    chunks arriving after that fill in what the entry marked missing there (no
-    fetch needed later) and are acknowledged: the peer is not dropped."""
+    chunks arriving after that, even before the entry's catalog change is published,
+    fill in what the entry marked missing there (no fetch needed later) and are
+    acknowledged: the peer is not dropped."""
     chunks = [chunk(os.urandom(256 << 10)) for _ in range(6)]
     txn = os.urandom(16)
 
@@ -133,16 +134,46 @@ def test_a_slow_peer_whose_entry_was_applied_keeps_the_rest_of_the_upload(tmp_pa
             await send_all(up, chunks[:2])
             assert sorted(await up.wait_quorum(2, timeout=10)) == ["p0", "p1"]
             slow = engines[1]
-            commit(slow, 2, txn, "obj", chunks)  # applied with 4 of its 6 chunks not here
-            assert len(slow.missing_chunks()) == 4
-            await send_all(up, chunks[2:])
+            assert slow.apply(1, E.CreateBucket("b", 1)).ok
+            entry = E.PutObject("b", "obj", 6 * (256 << 10), "0" * 32,
+                                [(c, len(d)) for c, d in chunks], 1000, {}, txn_id=txn)
+            change = slow.submit(2, entry)  # applied with 4 of its 6 chunks not here;
+            await send_all(up, chunks[2:])  # the rest may arrive before it is published
             assert sorted(await up.wait_quorum(2, timeout=10)) == ["p0", "p1"]
             up.close()
+            assert change.wait().ok
             assert slow.missing_chunks() == []
             assert read_object(slow, "obj") == b"".join(d for _c, d in chunks)
             assert slow.stats()["open_txns"] == 0  # the late chunks opened nothing
-            commit(engines[0], 2, txn, "obj", chunks)
-            assert read_object(engines[0], "obj") == b"".join(d for _c, d in chunks)
+            await client.close()
+
+    run(main())
+
+
+def test_a_slow_peer_that_gets_a_whole_upload_after_its_entry_fills_it_in(tmp_path):
+    """The whole upload, one chunk or several, may reach the slower peer after it
+    applied the entry: the first push must not open the committed transaction again
+    (its chunks would sit in a transaction nothing commits until the reaper)."""
+    async def main():
+        async with peer_nodes(tmp_path, n=1) as (engines, addrs):
+            slow = engines[0]
+            assert slow.apply(1, E.CreateBucket("b", 1)).ok
+            client = DataClient(SECRET, addrs, node_id="coord")
+            for lsn, n in ((2, 1), (3, 3)):
+                chunks = [chunk(os.urandom(100_000)) for _ in range(n)]
+                txn = os.urandom(16)
+                data = b"".join(d for _c, d in chunks)
+                entry = E.PutObject("b", f"obj{n}", len(data), hashlib.md5(data).hexdigest(),
+                                    [(c, len(d)) for c, d in chunks], 1000, {}, txn_id=txn)
+                assert slow.apply(lsn, entry).ok
+                assert len(slow.missing_chunks()) == n
+                up = client.open_upload(txn)
+                await send_all(up, chunks)
+                assert await up.wait_quorum(1, timeout=10) == ["p0"]
+                up.close()
+                assert slow.missing_chunks() == []
+                assert read_object(slow, f"obj{n}") == data
+                assert slow.stats()["open_txns"] == 0
             await client.close()
 
     run(main())

@@ -293,23 +293,24 @@ def test_a_short_segment_waits_without_rescanning_and_ships_once_full_or_old(tmp
         t0 = 1000.0
         assert not shipper.step(now=t0) and shipper.state.state == "waiting"
         assert len(plans) == 1
-        objects(log, 2, 64 << 10, "b")  # still short, even counting every byte written
-        assert not shipper.step(now=t0 + 2)
-        assert len(plans) == 1 and engine.cold_hwm == 0
-        assert not shipper.step(now=t0 + 2 + shipper_module.PLAN_MEMO_S)  # but replanned now and then
-        assert len(plans) == 2
         for i in range(20):  # nothing written: the plan stands, whatever the time
-            assert not shipper.step(now=t0 + 10 + i) and shipper.state.state == "waiting"
+            assert not shipper.step(now=t0 + 1 + i) and shipper.state.state == "waiting"
+        assert len(plans) == 1
+        objects(log, 1, 64 << 10, "b")  # written, and the plan is older than PLAN_MEMO_S:
+        assert not shipper.step(now=t0 + 21)  # planned again
         assert len(plans) == 2
-        objects(log, 28, 64 << 10, "c")  # now past the segment size: planned and shipped
-        assert shipper.step(now=t0 + 31) and engine.cold_hwm > 0
+        objects(log, 2, 64 << 10, "b2")  # still short, even counting every byte written
+        assert not shipper.step(now=t0 + 22)
+        assert len(plans) == 2 and engine.cold_hwm == 0
+        objects(log, 28, 64 << 10, "c")  # enough to fill a segment: planned, and shipped,
+        assert shipper.step(now=t0 + 23) and engine.cold_hwm > 0  # within PLAN_MEMO_S
         assert len(plans) == 3
-        while shipper.step(now=t0 + 32):
+        while shipper.step(now=t0 + 24):
             pass
         hwm = engine.cold_hwm
         objects(log, 1, 64 << 10, "d")  # a short tail: waits until the seal age, then ships
-        assert not shipper.step(now=t0 + 33) and engine.cold_hwm == hwm
-        assert shipper.step(now=t0 + 33 + config.seal_age_s) and engine.cold_hwm > hwm
+        assert not shipper.step(now=t0 + 25) and engine.cold_hwm == hwm
+        assert shipper.step(now=t0 + 25 + config.seal_age_s) and engine.cold_hwm > hwm
     finally:
         engine.close()
 
@@ -349,5 +350,40 @@ def test_checkpoints_never_outweigh_the_segments_shipped_between_them(tmp_path):
             last_checkpoint, since = size, 0
         assert sum(checkpoints) <= sum(segments)
         assert len(checkpoints) < len(segments) // 2  # not one per segment, as configured
+    finally:
+        engine.close()
+
+
+def test_a_new_shipper_spaces_checkpoints_from_the_last_one_recorded(tmp_path):
+    """After a restart (or on a new leader) the spacing rule goes on from the newest
+    checkpoint the catalog records, not from nothing."""
+    engine = Engine(str(tmp_path / "engine"), segment_size=MiB, maintenance_interval_s=0,
+                    ship_retention=True)
+    config = ColdConfig(stores=[f"file://{tmp_path}/cold/d{i}" for i in range(6)],
+                        segment_bytes=32 << 10, seal_age_s=0.0, checkpoint_segments=1)
+    stores = config.open_stores(str(tmp_path))
+    log = Log(engine)
+    log.propose(E.CreateBucket("b", 1))
+
+    def new_shipper():
+        return Shipper(engine, config, stores, str(tmp_path / "ship"), propose=log.propose)
+
+    try:
+        first = new_shipper()
+        for r in range(12):  # a catalog bigger than a segment, and checkpoints of it recorded
+            objects(log, 40, 1000, tag=f"r{r:02d}-")
+            while first.step():
+                pass
+        recorded = max((r["locations"]["checkpoint"] for r in engine.cold_segments(0, 1 << 30)
+                        if "checkpoint" in r["locations"]), key=lambda c: c["lsn"])
+        assert recorded["size"] > config.segment_bytes
+        second = new_shipper()  # the node restarted
+        stored = []
+        ship_checkpoint = second.ship_checkpoint
+        second.ship_checkpoint = lambda: stored.append(ship_checkpoint()) or stored[-1]
+        objects(log, 40, 1000, tag="after-")  # one segment's worth: less than the checkpoint
+        while second.step():
+            pass
+        assert stored == []
     finally:
         engine.close()
