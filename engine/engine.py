@@ -258,7 +258,7 @@ class Engine:
                                  txn.chunks if txn is not None else [])
             rec_lsn, end = self.wal.append(RecordType.APPLY, [record.encode()])
             self._applied_lsn = lsn
-            if not isinstance(entry, (E.SegmentShipped, E.Noop)):
+            if not isinstance(entry, (E.SegmentShipped, E.CheckpointsDropped, E.Noop)):
                 self.last_data_lsn = lsn
             if record.chunks:
                 self._unpublished.append((rec_lsn, min(c[1] for c in record.chunks)))

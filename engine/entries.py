@@ -174,6 +174,16 @@ class SegmentsCompacted(Entry):
 
 
 @dataclass(frozen=True)
+class CheckpointsDropped(Entry):
+    """Cold tier: catalog checkpoints no restore inside the history window needs any
+    more. Applying it removes their records from the cold segment rows (so `verify`
+    stops expecting their shards); the leader then deletes the shards."""
+
+    OP: ClassVar[str] = "checkpoints_dropped"
+    ids: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Noop(Entry):
     """An entry that changes nothing (a new Raft leader's first entry, barriers)."""
 

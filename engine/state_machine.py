@@ -392,6 +392,30 @@ class StateMachine:
                 t.add_cold(cid)
         return ApplyResult(value={"cold_hwm": e.last_lsn})
 
+    def _checkpoints_dropped(self, e: E.CheckpointsDropped):
+        """The named checkpoints' records leave the rows that hold them; the newest
+        recorded checkpoint never does (compaction and rebuilds start from it)."""
+        t = self.t
+        rows = []
+        after = 0
+        while True:
+            batch = t.cold_segments(after, 1000)
+            if not batch:
+                break
+            rows += [r for r in batch if r["locations"].get("checkpoint")]
+            after = batch[-1]["last"]
+        if not rows:
+            return ApplyResult(value={"dropped": 0})
+        newest = max(rows, key=lambda r: r["locations"]["checkpoint"]["lsn"])
+        doomed = set(e.ids) - {newest["locations"]["checkpoint"]["id"]}
+        dropped = 0
+        for r in rows:
+            if r["locations"]["checkpoint"].get("id") in doomed:
+                locations = {k: v for k, v in r["locations"].items() if k != "checkpoint"}
+                t.put_cold_segment(r["first"], r["last"], locations)
+                dropped += 1
+        return ApplyResult(value={"dropped": dropped})
+
     def _segments_compacted(self, e: E.SegmentsCompacted):
         """Cold compaction: the shipped rows covering exactly [first, last] (each
         inside it, the first starting at `first`, the last ending at `last`, all below

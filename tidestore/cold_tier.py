@@ -14,6 +14,7 @@ import threading
 import time
 
 from engine import Engine
+from tiering.checkpoint_retention import retire_checkpoints
 from tiering.chunk_cache import ChunkCache
 from tiering.cold_garbage import collect, find_garbage
 from tiering.cold_compactor import ColdCompactor
@@ -42,6 +43,7 @@ class ColdTier:
         self.reader = ColdReader(engine, self.stores, self.cache)
         self.shipper = Shipper(engine, config, self.stores, os.path.join(data_dir, "ship"),
                                propose=propose, is_leader=is_leader, fetch=fetch)
+        self._propose = propose
         self.compactor = ColdCompactor(engine, config, self.stores, os.path.join(data_dir, "ship"),
                                        propose=propose, store_shards=self.shipper._store_shards,
                                        delete_grace_s=config.compact_delete_grace_s)
@@ -49,7 +51,8 @@ class ColdTier:
         self._compacted_at = time.monotonic()
         self._swept_at = time.monotonic()
         self.garbage = {"sweeps": 0, "segments_deleted": 0, "shards_deleted": 0,
-                        "waiting": 0, "waiting_bytes": 0, "last_error": None}
+                        "waiting": 0, "waiting_bytes": 0, "checkpoints_dropped": 0,
+                        "checkpoint_shards_deleted": 0, "last_error": None}
         self.truncate = truncate
         self.evicted_segments = 0
         self.evicted_bytes = 0
@@ -148,18 +151,28 @@ class ColdTier:
 
     def sweep_garbage(self) -> None:
         """On the leader: delete shards no catalog row names, at or below the HWM, once
-        older than `garbage_age_s` (tiering/cold_garbage.py says why that is safe)."""
+        older than `garbage_age_s` (tiering/cold_garbage.py says why that is safe), and
+        the catalog checkpoints the history window no longer needs
+        (tiering/checkpoint_retention.py)."""
         g = self.garbage
+        cfg = self.config
         try:
             referenced = {r["locations"]["id"] for r in self.engine.cold_segments(0, 1 << 30)}
             found = find_garbage(self.stores, referenced, self.engine.cold_hwm)
-            segments, shards = collect(self.stores, found, self.config.garbage_age_s)
-            young = [x for x in found if x.age_s < self.config.garbage_age_s]
+            segments, shards = collect(self.stores, found, cfg.garbage_age_s)
+            young = [x for x in found if x.age_s < cfg.garbage_age_s]
             g.update(sweeps=g["sweeps"] + 1, segments_deleted=g["segments_deleted"] + segments,
                      shards_deleted=g["shards_deleted"] + shards, waiting=len(young),
                      waiting_bytes=sum(x.bytes for x in young), last_error=None)
             if segments:
                 log.info("cold garbage: deleted %d segments (%d shards)", segments, shards)
+            dropped, ck_shards = retire_checkpoints(self.engine, self.stores, self._propose,
+                                                    cfg.history_retention_s, cfg.garbage_age_s)
+            g["checkpoints_dropped"] += dropped
+            g["checkpoint_shards_deleted"] += ck_shards
+            if dropped or ck_shards:
+                log.info("cold garbage: %d checkpoints dropped, %d checkpoint shards deleted",
+                         dropped, ck_shards)
         except Exception as exc:  # noqa: BLE001 - a store down: try at the next sweep
             g["last_error"] = f"{type(exc).__name__}: {exc}"
             log.warning("cold garbage sweep failed: %s", exc)

@@ -10,8 +10,8 @@ an age far beyond any entry's time to commit: an entry proposed by an earlier le
 is either committed by the next one at its first commit or never, and compaction's own
 replaced shards go after its grace period anyway.
 
-Catalog checkpoints are not garbage: rebuild, restore and rehydrate start from any
-of them.
+Catalog checkpoints are not this module's: they are kept for the history window
+(tiering/checkpoint_retention.py).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from engine.applied_scan import read_logged_chunk
-from engine.entries import SegmentShipped, decode_entry
+from engine.entries import CheckpointsDropped, SegmentShipped, decode_entry
 from tiering.segment_format import SegmentInfo, SegmentWriter
 
 from .background import Yielder
@@ -66,9 +66,10 @@ class RangePlan:
 def plan_range(engine, lsn_lo: int, lsn_max: int, target_bytes: int) -> RangePlan | None:
     """Where to cut a segment starting at lsn_lo: at the first entry that brings the
     chunk bytes to target_bytes, else at the last applied entry <= lsn_max. None if
-    no entry lies in [lsn_lo, lsn_max], or only `SegmentShipped` entries do: the cold
-    tier's own records ride along with the next real segment instead of each getting
-    a segment (and another SegmentShipped) of its own, forever. Reads APPLY records
+    no entry lies in [lsn_lo, lsn_max], or only the cold tier's own records
+    (`SegmentShipped`, `CheckpointsDropped`) do: they ride along with the next real
+    segment instead of each getting a segment (and another SegmentShipped) of its
+    own, forever. Reads APPLY records
     only (chunks are skipped)."""
     if lsn_max < lsn_lo:
         return None
@@ -88,7 +89,8 @@ def plan_range(engine, lsn_lo: int, lsn_max: int, target_bytes: int) -> RangePla
 
 
 def _is_shipped_record(entry: bytes) -> bool:
-    return isinstance(entry, (bytes, memoryview)) and decode_entry(entry).OP == SegmentShipped.OP
+    return (isinstance(entry, (bytes, memoryview))
+            and decode_entry(entry).OP in (SegmentShipped.OP, CheckpointsDropped.OP))
 
 
 def build_segment(engine, lsn_lo: int, lsn_hi: int, fileobj: BinaryIO, *,
