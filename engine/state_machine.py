@@ -383,7 +383,13 @@ class StateMachine:
         if not (e.first_lsn == hwm + 1 and e.first_lsn <= e.last_lsn < self.lsn):
             return ApplyResult("SegmentOutOfOrder", {"cold_hwm": hwm})
         t.set_meta("cold_hwm", e.last_lsn)
-        t.put_cold_segment(e.first_lsn, e.last_lsn, e.locations)
+        locations = e.locations
+        if locations.get("checkpoint"):
+            # where the checkpoint was recorded: a replay of cold storage can start from
+            # it only once this entry is in cold storage too (the HWM has passed it)
+            locations = {**locations, "checkpoint": {**locations["checkpoint"],
+                                                      "recorded_lsn": self.lsn}}
+        t.put_cold_segment(e.first_lsn, e.last_lsn, locations)
         for cid in t.missing(1 << 62):
             row = t.chunk(cid)
             if row is not None and 0 < row[3] <= e.last_lsn:
@@ -394,7 +400,8 @@ class StateMachine:
 
     def _checkpoints_dropped(self, e: E.CheckpointsDropped):
         """The named checkpoints' records leave the rows that hold them; the newest
-        recorded checkpoint never does (compaction and rebuilds start from it)."""
+        recorded checkpoint never does (rebuilds start from it), nor the newest one
+        cold storage can be replayed from (rehydrate and compaction go by it)."""
         t = self.t
         rows = []
         after = 0
@@ -406,8 +413,13 @@ class StateMachine:
             after = batch[-1]["last"]
         if not rows:
             return ApplyResult(value={"dropped": 0})
-        newest = max(rows, key=lambda r: r["locations"]["checkpoint"]["lsn"])
-        doomed = set(e.ids) - {newest["locations"]["checkpoint"]["id"]}
+        hwm = t.meta("cold_hwm", 0)
+        ckpts = [r["locations"]["checkpoint"] for r in rows]
+        keep = {max(ckpts, key=lambda c: c["lsn"])["id"]}
+        reachable = [c for c in ckpts if replayable(c, hwm)]
+        if reachable:
+            keep.add(max(reachable, key=lambda c: c["lsn"])["id"])
+        doomed = set(e.ids) - keep
         dropped = 0
         for r in rows:
             if r["locations"]["checkpoint"].get("id") in doomed:
@@ -431,3 +443,11 @@ class StateMachine:
             t.delete_cold_segment(r["last"])
         t.put_cold_segment(e.first_lsn, e.last_lsn, e.locations)
         return ApplyResult(value={"replaced": len(inside)})
+
+
+def replayable(checkpoint: dict, hwm: int) -> bool:
+    """Whether a replay of cold storage can start from this recorded checkpoint: the
+    `SegmentShipped` that recorded it is at or below the HWM. A record from before
+    `recorded_lsn` was kept is taken to be (as it was then)."""
+    recorded = checkpoint.get("recorded_lsn")
+    return recorded is None or recorded <= hwm

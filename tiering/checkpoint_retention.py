@@ -4,16 +4,21 @@ Rebuild, restore and rehydrate start from a catalog checkpoint and replay the
 segments after it. A restore to a moment inside the history window
 (`history_retention_s`, the window within which cold compaction keeps every entry)
 starts from the newest checkpoint not after that moment; so every checkpoint taken
-inside the window is kept, plus the newest one taken before it (the start for the
-window's oldest moments), and the older ones are dropped: a `CheckpointsDropped`
-entry removes their records (so `verify` no longer expects their shards), then their
-shards are deleted. A checkpoint's time is when the segment that records it was
-stored (`stored_ms`), never earlier than the state it holds.
+inside the window (widened by a tenth, an hour at most: the time is the shipping
+leader's clock, the sweep the current leader's) is kept, plus the newest one taken before it
+(the start for the window's oldest moments), the newest recorded one (a rebuild's
+start) and the newest one whose recording `SegmentShipped` is itself below the HWM
+(a rehydrate's start: the newest recorded one is not, until the next segment ships).
+The older ones are dropped: a `CheckpointsDropped` entry removes their records (so
+`verify` no longer expects their shards), then their shards are deleted. A
+checkpoint's time is when the segment that records it was stored (`stored_ms`),
+never earlier than the state it holds; a row that does not say is kept.
 
 Checkpoints the stores hold but no row records (stored by a leader that lost its
 post before recording one, or dropped by the entry) are deleted once older than
-`garbage_age_s` and older than the newest recorded checkpoint: a checkpoint being
-recorded right now is newer than every recorded one.
+`garbage_age_s` and older than the newest recorded checkpoint: a checkpoint still
+to be recorded is newer than every recorded one (a shipper drops its pending
+checkpoint when it stops leading, or when another leader shipped past it).
 """
 
 from __future__ import annotations
@@ -21,23 +26,42 @@ from __future__ import annotations
 import time
 
 from engine.entries import CheckpointsDropped
+from engine.state_machine import replayable
 
 from .cold_rebuild import discover_checkpoints
 from .shard_store import ShardNotFound, ShardStore
 
+CLOCK_MARGIN = 0.1  # the window is widened by a tenth (leaders' clocks may disagree)...
+CLOCK_MARGIN_MAX_S = 3600.0  # ...by an hour at most
 
-def recorded_checkpoints(rows: list[dict]) -> list[tuple[int, dict]]:
-    """[(stored_ms of the row recording it, checkpoint)] in LSN order."""
-    found = [(r["locations"].get("stored_ms", 0), r["locations"]["checkpoint"])
+
+def recorded_checkpoints(rows: list[dict]) -> list[tuple[int | None, dict]]:
+    """[(stored_ms of the row recording it, None if it does not say; checkpoint)],
+    in LSN order."""
+    found = [(r["locations"].get("stored_ms"), r["locations"]["checkpoint"])
              for r in rows if r["locations"].get("checkpoint")]
     return sorted(found, key=lambda f: f[1]["lsn"])
 
 
-def checkpoints_to_drop(rows: list[dict], now_ms: int, retention_s: float) -> list[dict]:
-    """The recorded checkpoints older than the window, but the newest of those."""
-    horizon = now_ms - int(retention_s * 1000)
-    old = [ckpt for stored_ms, ckpt in recorded_checkpoints(rows) if stored_ms < horizon]
-    return old[:-1]
+def checkpoints_to_drop(rows: list[dict], now_ms: int, retention_s: float,
+                        hwm: int) -> list[dict]:
+    """The recorded checkpoints to drop: those recorded before the window (less a
+    margin for the leaders' clocks), except the newest of them, the newest recorded
+    one (rebuilds start there) and the newest one a replay of cold storage can start
+    from (its recording entry below the HWM: rehydrate and compaction go by it)."""
+    margin_s = min(retention_s * CLOCK_MARGIN, CLOCK_MARGIN_MAX_S)
+    horizon = now_ms - int((retention_s + margin_s) * 1000)
+    recorded = recorded_checkpoints(rows)
+    if not recorded:
+        return []
+    old = [ckpt for stored_ms, ckpt in recorded if stored_ms is not None and stored_ms < horizon]
+    keep = {recorded[-1][1]["id"]}
+    if old:
+        keep.add(old[-1]["id"])
+    reachable = [ckpt for _ms, ckpt in recorded if replayable(ckpt, hwm)]
+    if reachable:
+        keep.add(reachable[-1]["id"])
+    return [ckpt for ckpt in old if ckpt["id"] not in keep]
 
 
 def all_rows(engine) -> list[dict]:
@@ -57,7 +81,7 @@ def retire_checkpoints(engine, stores: list[ShardStore], propose, retention_s: f
     dropped from the catalog, shards deleted)."""
     now = time.time() if now is None else now
     dropped = 0
-    doomed = checkpoints_to_drop(all_rows(engine), int(now * 1000), retention_s)
+    doomed = checkpoints_to_drop(all_rows(engine), int(now * 1000), retention_s, engine.cold_hwm)
     if doomed:
         result = propose(CheckpointsDropped([c["id"] for c in doomed]))
         error = getattr(result, "error", None)

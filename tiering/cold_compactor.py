@@ -27,6 +27,7 @@ import time
 from typing import Callable
 
 from engine.entries import SegmentsCompacted
+from engine.state_machine import replayable
 
 from .background import Yielder
 from .cold_config import ColdConfig
@@ -37,8 +38,12 @@ from .shard_store import ShardStore
 log = logging.getLogger(__name__)
 
 
-def latest_checkpoint(rows: list[dict]) -> dict | None:
+def latest_checkpoint(rows: list[dict], hwm: int | None = None) -> dict | None:
+    """The newest checkpoint the rows record; with `hwm`, the newest a replay of cold
+    storage can start from (its recording entry at or below the HWM)."""
     found = [r["locations"]["checkpoint"] for r in rows if r["locations"].get("checkpoint")]
+    if hwm is not None:
+        found = [c for c in found if replayable(c, hwm)]
     return max(found, key=lambda c: c["lsn"]) if found else None
 
 
@@ -67,7 +72,8 @@ class ColdCompactor:
         if cfg.compact_live_ratio <= 0:
             return None
         rows = self.engine.cold_segments(0, 1 << 30)
-        ckpt = latest_checkpoint(rows)
+        # what a rehydrate can start from: segments behind it may lose their entries
+        ckpt = latest_checkpoint(rows, self.engine.cold_hwm)
         if ckpt is None:
             return None
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms

@@ -128,6 +128,9 @@ class Shipper:
         st = self.state
         if not self.is_leader():
             st.state, self._waiting_since = "follower", None
+            # a checkpoint stored while leading is recorded by this leader or never:
+            # another may record newer ones, and retention deletes unrecorded ones
+            self._pending_checkpoint = None
             return False
         if now < st.retry_at:
             st.state = "retrying"
@@ -210,6 +213,8 @@ class Shipper:
             "shards": shards,
         }
         checkpoint = self._pending_checkpoint
+        if checkpoint is not None and checkpoint["lsn"] < lsn_lo:
+            checkpoint = self._pending_checkpoint = None  # another leader shipped past it
         if checkpoint is not None and checkpoint["lsn"] <= lsn_hi:
             locations["checkpoint"] = checkpoint  # usable from this HWM on
         result = self.propose(SegmentShipped(lsn_lo, lsn_hi, locations))

@@ -6,14 +6,18 @@ and `verify`'s view of what must exist still hold."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 
 from engine import Engine
 from engine import entries as E
 from test_shipper import MiB, Log, objects
-from tiering.checkpoint_retention import checkpoints_to_drop, recorded_checkpoints, retire_checkpoints
+from engine.state_machine import replayable
+from tiering.checkpoint_retention import (CLOCK_MARGIN_MAX_S, checkpoints_to_drop, recorded_checkpoints,
+                                          retire_checkpoints)
 from tiering.cold_config import ColdConfig
-from tiering.cold_rebuild import discover_checkpoints, rebuild
+from tiering.cold_rebuild import discover_checkpoints, rebuild, replay
 from tiering.segment_builder import plan_range
 from tiering.shipper import Shipper
 
@@ -30,6 +34,19 @@ def setup(tmp_path):
     return engine, stores, log, shipper
 
 
+def put_now(log, tag: str, n: int, size: int) -> None:
+    """Objects stamped with the real time, so that restores by time can find them."""
+    for i in range(n):
+        data = os.urandom(size)
+        txn = log.engine.begin()
+        log.engine.write_chunk(txn, data)
+        log.engine.wait_durable()
+        res = log.propose(E.PutObject("b", f"{tag}{i}", len(data), hashlib.md5(data).hexdigest(),
+                                      [(hashlib.sha256(data).digest(), len(data))],
+                                      int(time.time() * 1000), txn_id=txn))
+        assert res.ok, res
+
+
 def rows_of(engine):
     return engine.cold_segments(0, 1 << 30)
 
@@ -42,20 +59,29 @@ def etags(engine) -> dict:
 def test_checkpoints_older_than_the_window_go_but_the_newest_of_them(tmp_path):
     engine, stores, log, shipper = setup(tmp_path)
     try:
-        lsn_at = []  # the log LSN after each round: restore targets
+        lsn_at, ms_at = [], []  # after each round: restore targets
         for r in range(6):  # a round per segment, a checkpoint per segment
-            objects(log, 3, 100_000, tag=f"r{r}-")
+            put_now(log, f"r{r}-", 3, 100_000)
             while shipper.step():
                 pass
             lsn_at.append(log.lsn)
+            ms_at.append(int(time.time() * 1000))
+            time.sleep(0.01)
         recorded = recorded_checkpoints(rows_of(engine))
-        assert len(recorded) >= 4
+        assert len(recorded) >= 5
         times = [ms for ms, _c in recorded]
         assert times == sorted(times) and len(set(times)) == len(times)
+        # the newest recorded checkpoint's own record is above the HWM (it ships with
+        # the next segment): a replay of cold storage cannot start from it yet
+        hwm = engine.cold_hwm
+        assert not replayable(recorded[-1][1], hwm) and replayable(recorded[-2][1], hwm)
+        pending = shipper._pending_checkpoint  # stored after the last segment, unrecorded
+        assert pending is not None and pending["lsn"] > recorded[-1][1]["lsn"]
+
         # the window begins between the third and the fourth checkpoint
-        now_ms = times[3] + 3_600_000
-        retention_s = (now_ms - (times[2] + times[3]) / 2) / 1000
-        doomed = checkpoints_to_drop(rows_of(engine), now_ms, retention_s)
+        now_ms = times[3] + 20 * 3_600_000  # a window long enough for the widest clock margin
+        retention_s = (now_ms - (times[2] + times[3]) / 2) / 1000 - CLOCK_MARGIN_MAX_S
+        doomed = checkpoints_to_drop(rows_of(engine), now_ms, retention_s, hwm)
         assert [c["id"] for c in doomed] == [c["id"] for _ms, c in recorded[:2]]
 
         before = etags(engine)
@@ -66,9 +92,7 @@ def test_checkpoints_older_than_the_window_go_but_the_newest_of_them(tmp_path):
         assert log.lsn == applied + 1  # one CheckpointsDropped entry
         kept = [c["id"] for _ms, c in recorded[2:]]
         assert [c["id"] for _ms, c in recorded_checkpoints(rows_of(engine))] == kept
-        # and a checkpoint stored after the last segment, to be recorded by the next one
-        pending = [shipper._pending_checkpoint["id"]] if shipper._pending_checkpoint else []
-        assert sorted(c["id"] for c in discover_checkpoints(stores)) == sorted(kept + pending)
+        assert sorted(c["id"] for c in discover_checkpoints(stores)) == sorted(kept + [pending["id"]])
         # the entry alone is cold bookkeeping: it is not shipped as a segment of its own
         assert plan_range(engine, engine.cold_hwm + 1, log.lsn, 1 << 20) is None
 
@@ -80,23 +104,64 @@ def test_checkpoints_older_than_the_window_go_but_the_newest_of_them(tmp_path):
             assert etags(rebuilt) == before
         finally:
             rebuilt.close()
-        # a restore to the oldest LSN the window holds starts from the newest old checkpoint
+        # restores to the oldest LSN, and the oldest moment, the window holds start from
+        # the newest old checkpoint
         oldest_kept = recorded[2][1]["lsn"]
-        target = next(lsn for lsn in lsn_at if lsn >= oldest_kept)
-        report = rebuild(stores, str(tmp_path / "restored"), upto_lsn=target)
-        assert report.checkpoint_lsn == oldest_kept
-        restored = Engine(str(tmp_path / "restored"), maintenance_interval_s=0)
-        try:
-            assert restored.applied_lsn >= target
-            assert set(etags(restored)) == {k for k in before if int(k[1]) <= lsn_at.index(target)}
-        finally:
-            restored.close()
+        round_ = next(i for i, lsn in enumerate(lsn_at) if lsn >= oldest_kept)
+        for name, kw in (("by-lsn", {"upto_lsn": lsn_at[round_]}), ("by-time", {"upto_ms": ms_at[round_]})):
+            report = rebuild(stores, str(tmp_path / name), **kw)
+            assert report.checkpoint_lsn == oldest_kept, name
+            restored = Engine(str(tmp_path / name), maintenance_interval_s=0)
+            try:
+                assert set(etags(restored)) == {k for k in before if int(k[1]) <= round_}, name
+            finally:
+                restored.close()
 
-        # with no window at all, the newest checkpoint still stays: rebuilds need one
+        # with no window at all, what rebuilds and rehydrates start from stays: the
+        # newest recorded checkpoint, and the newest one a replay can start from
         retire_checkpoints(engine, stores, log.propose, 0, garbage_age_s=60, now=now_ms / 1000)
-        left = recorded_checkpoints(rows_of(engine))
-        assert [c["id"] for _ms, c in left] == [recorded[-1][1]["id"]]
-        assert sorted(c["id"] for c in discover_checkpoints(stores)) == sorted([recorded[-1][1]["id"]] + pending)
+        left = [c["id"] for _ms, c in recorded_checkpoints(rows_of(engine))]
+        assert left == [recorded[-2][1]["id"], recorded[-1][1]["id"]]
+        assert sorted(c["id"] for c in discover_checkpoints(stores)) == sorted(left + [pending["id"]])
+        report, rehydrated, _read = replay(stores, str(tmp_path / "rehydrated"),
+                                           checkpoint=next(c for c in discover_checkpoints(stores)
+                                                           if c["id"] == left[0]))
+        try:  # as `tidestore rehydrate` requires: the replay's HWM reaches the checkpoint
+            assert rehydrated.cold_hwm >= recorded[-2][1]["lsn"]
+        finally:
+            rehydrated.close()
+    finally:
+        engine.close()
+
+
+def test_a_deposed_leader_does_not_record_its_stale_checkpoint(tmp_path):
+    """A checkpoint stored by a leader that then lost its post is never recorded: a
+    newer leader may have shipped past it, and retention deletes unrecorded ones."""
+    engine, stores, log, shipper = setup(tmp_path)
+    try:
+        objects(log, 3, 100_000, tag="a")
+        while shipper.step():
+            pass
+        stale = shipper._pending_checkpoint
+        assert stale is not None
+        other = Shipper(engine, shipper.config, stores, str(tmp_path / "ship2"), propose=log.propose)
+        objects(log, 3, 100_000, tag="b")
+        while other.step():  # another leader ships past the stale checkpoint's LSN
+            pass
+        objects(log, 3, 100_000, tag="c")
+        while shipper.step():  # the first leads again
+            pass
+        recorded = {c["id"] for _ms, c in recorded_checkpoints(rows_of(engine))}
+        assert stale["id"] not in recorded
+        leader = [True]
+        follower = Shipper(engine, shipper.config, stores, str(tmp_path / "ship3"), propose=log.propose,
+                           is_leader=lambda: leader[0])
+        objects(log, 3, 100_000, tag="d")
+        while follower.step():
+            pass
+        assert follower._pending_checkpoint is not None
+        leader[0] = False
+        assert not follower.step() and follower._pending_checkpoint is None
     finally:
         engine.close()
 
