@@ -13,6 +13,7 @@ pytest users get the `tidestore_server_fixture` fixture with `pytest -p tidestor
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -132,3 +133,18 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(interval)
+
+
+def write_until(predicate, write_one, timeout: float = 60.0, interval: float = 0.5):
+    """Call write_one(i) (i = 0, 1, ...) every `interval` seconds until predicate() is
+    truthy, for background work that only moves while writes keep coming (the cold
+    tier's compaction waits for the next segment to ship). Returns predicate()'s
+    value or raises TimeoutError."""
+    count = itertools.count()
+
+    def written_unless_done():
+        value = predicate()
+        if not value:
+            write_one(next(count))
+        return value
+    return wait_for(written_unless_done, timeout, interval)

@@ -10,9 +10,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
-from tidestore.testing import start, stop, wait_for
+from tidestore.testing import start, stop, wait_for, write_until
 
 from test_inspect_cli import status
 
@@ -134,15 +133,11 @@ def test_rebuild_past_compacted_history_starts_from_a_catalog_checkpoint(tmp_pat
         # compaction goes only as far as the newest checkpoint a replay of cold storage
         # can start from (the segment after the one recording it has shipped): writes
         # go on, a little at a time, until it has
-        for i in range(120):
-            if (lambda c: c["compactions"] and c["shards_deleted"] and not c["pending_deletes"])(
-                    status(srv)["cold"]["compaction"]):
-                break
+        def bridge(i):
             model[f"bridge/{i}"] = data = os.urandom(50_000)
             s3.put_object(Bucket="bkt", Key=f"bridge/{i}", Body=data)
-            time.sleep(0.5)
-        else:
-            raise AssertionError("no cold compaction in 60 s")
+        write_until(lambda: (lambda c: c["compactions"] and c["shards_deleted"] and not c["pending_deletes"])(
+            status(srv)["cold"]["compaction"]), bridge)
         for i in range(4):  # and some history after the compaction
             model[f"late/{i}"] = data = os.urandom(100_000)
             s3.put_object(Bucket="bkt", Key=f"late/{i}", Body=data)

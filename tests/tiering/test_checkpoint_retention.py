@@ -12,24 +12,17 @@ import time
 
 from engine import Engine
 from engine import entries as E
-from test_shipper import MiB, Log, objects
+from test_shipper import checkpointing, objects
 from engine.state_machine import replayable
 from tiering.checkpoint_retention import (CLOCK_MARGIN_MAX_S, checkpoints_to_drop, recorded_checkpoints,
                                           retire_checkpoints)
-from tiering.cold_config import ColdConfig
 from tiering.cold_rebuild import discover_checkpoints, rebuild, replay
 from tiering.segment_builder import plan_range
 from tiering.shipper import Shipper
 
 
 def setup(tmp_path):
-    engine = Engine(str(tmp_path / "engine"), segment_size=MiB, maintenance_interval_s=0,
-                    ship_retention=True)
-    config = ColdConfig(stores=[f"file://{tmp_path}/cold/d{i}" for i in range(6)],
-                        segment_bytes=256 << 10, seal_age_s=0.0, checkpoint_segments=1)
-    stores = config.open_stores(str(tmp_path))
-    log = Log(engine)
-    log.propose(E.CreateBucket("b", 1))
+    engine, config, stores, log = checkpointing(tmp_path, 256 << 10)
     shipper = Shipper(engine, config, stores, str(tmp_path / "ship"), propose=log.propose)
     return engine, stores, log, shipper
 

@@ -13,14 +13,13 @@ import json
 import os
 import signal
 import threading
-import time
 import urllib.request
 
 import pytest
 from botocore.exceptions import ClientError
 
 import moto_server
-from tidestore.testing import tidestore_server, wait_for
+from tidestore.testing import tidestore_server, wait_for, write_until
 
 MiB = 1 << 20
 HOT_BUDGET = 3 * MiB
@@ -183,15 +182,11 @@ def test_deleted_data_is_compacted_away_in_cold_storage(tmp_path):
         # can start from (the segment after the one recording it has shipped): writes
         # go on, a little at a time, until it has
         bridge = {}
-        for i in range(120):
-            st = compacted()
-            if st:
-                break
+
+        def write_bridge(i):
             bridge[f"bridge/{i:04d}"] = data = os.urandom(20_000)
             s3.put_object(Bucket="cold", Key=f"bridge/{i:04d}", Body=data)
-            time.sleep(0.5)
-        else:
-            raise AssertionError("no cold compaction in 60 s")
+        st = write_until(compacted, write_bridge)
         kept.update(bridge)
         assert st["bytes_written"] < st["bytes_dropped"] and st["last_error"] is None
         read_all_back(s3, "cold", kept)

@@ -64,6 +64,17 @@ def setup(tmp_path):
     engine.close()
 
 
+def checkpointing(tmp_path, segment_bytes: int):
+    """An engine, shard stores and a log, shipped with a checkpoint after every segment."""
+    engine = Engine(str(tmp_path / "engine"), segment_size=MiB, maintenance_interval_s=0,
+                    ship_retention=True)
+    config = ColdConfig(stores=[f"file://{tmp_path}/cold/d{i}" for i in range(6)],
+                        segment_bytes=segment_bytes, seal_age_s=0.0, checkpoint_segments=1)
+    log = Log(engine)
+    log.propose(E.CreateBucket("b", 1))
+    return engine, config, config.open_stores(str(tmp_path)), log
+
+
 def objects(log, n: int, size: int, tag: str = "o") -> dict:
     out = {}
     for i in range(n):
@@ -319,14 +330,8 @@ def test_checkpoints_never_outweigh_the_segments_shipped_between_them(tmp_path):
     """Many small objects make a catalog bigger than the segments that fill between
     two checkpoints: the shipper then spaces checkpoints out, so that the bytes of
     checkpoints stored never exceed the bytes of segments (checkpoints are kept)."""
-    engine = Engine(str(tmp_path / "engine"), segment_size=MiB, maintenance_interval_s=0,
-                    ship_retention=True)
-    config = ColdConfig(stores=[f"file://{tmp_path}/cold/d{i}" for i in range(6)],
-                        segment_bytes=32 << 10, seal_age_s=0.0, checkpoint_segments=1)
-    log = Log(engine)
-    log.propose(E.CreateBucket("b", 1))
-    shipper = Shipper(engine, config, config.open_stores(str(tmp_path)), str(tmp_path / "ship"),
-                      propose=log.propose)
+    engine, config, stores, log = checkpointing(tmp_path, 32 << 10)
+    shipper = Shipper(engine, config, stores, str(tmp_path / "ship"), propose=log.propose)
     shipped = []  # ("segment" | "checkpoint", bytes stored), in the order they were stored
     ship, ship_checkpoint = shipper.ship, shipper.ship_checkpoint
     shipper.ship = lambda lo, hi: shipped.append(("segment", (loc := ship(lo, hi))["size"])) or loc
@@ -357,13 +362,7 @@ def test_checkpoints_never_outweigh_the_segments_shipped_between_them(tmp_path):
 def test_a_new_shipper_spaces_checkpoints_from_the_last_one_recorded(tmp_path):
     """After a restart (or on a new leader) the spacing rule goes on from the newest
     checkpoint the catalog records, not from nothing."""
-    engine = Engine(str(tmp_path / "engine"), segment_size=MiB, maintenance_interval_s=0,
-                    ship_retention=True)
-    config = ColdConfig(stores=[f"file://{tmp_path}/cold/d{i}" for i in range(6)],
-                        segment_bytes=32 << 10, seal_age_s=0.0, checkpoint_segments=1)
-    stores = config.open_stores(str(tmp_path))
-    log = Log(engine)
-    log.propose(E.CreateBucket("b", 1))
+    engine, config, stores, log = checkpointing(tmp_path, 32 << 10)
 
     def new_shipper():
         return Shipper(engine, config, stores, str(tmp_path / "ship"), propose=log.propose)
