@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from tidestore.testing import start, stop, wait_for
+from tidestore.testing import start, stop, wait_for, write_until
 
 from test_inspect_cli import status
 from test_rebuild_cli import CONFIG
@@ -155,8 +155,11 @@ def test_restore_to_a_time_past_compacted_history(tmp_path):
         for i in range(8):
             then[f"kept/{i}"] = data = os.urandom(256 << 10)
             s3.put_object(Bucket="pit", Key=f"kept/{i}", Body=data)
-        wait_for(lambda: (lambda c: c["compactions"] and c["shards_deleted"] and not c["pending_deletes"])(
-            status(srv)["cold"]["compaction"]), timeout=90, interval=0.3)
+        def bridge(i):  # compaction waits for the next segments to ship (see test_rebuild_cli)
+            then[f"bridge/{i}"] = data = os.urandom(50_000)
+            s3.put_object(Bucket="pit", Key=f"bridge/{i}", Body=data)
+        write_until(lambda: (lambda c: c["compactions"] and c["shards_deleted"] and not c["pending_deletes"])(
+            status(srv)["cold"]["compaction"]), bridge)
         target = status(srv)["cold"]["data_lsn"]
         wait_for(lambda: status(srv)["hwm"] >= target, timeout=60)
         time.sleep(0.05)
