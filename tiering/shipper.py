@@ -30,6 +30,7 @@ from engine.applied_scan import AppliedRangeUnavailable
 from engine.entries import SegmentShipped
 
 from . import catalog_checkpoint
+from .checkpoint_retention import all_rows, recorded_checkpoints
 from .cold_config import ColdConfig
 from .erasure import HEADER as SHARD_HEADER
 from .erasure import ShardHeader
@@ -269,17 +270,8 @@ class Shipper:
     def _recorded_checkpoint_size(self) -> int:
         """The size of the newest checkpoint the catalog records (0 if none): after a
         restart or a change of leader the spacing rule goes on from it."""
-        newest, after = None, 0
-        while True:
-            rows = self.engine.cold_segments(after, 1000)
-            if not rows:
-                break
-            for row in rows:
-                ckpt = row["locations"].get("checkpoint")
-                if ckpt and (newest is None or ckpt["lsn"] >= newest["lsn"]):
-                    newest = ckpt
-            after = rows[-1]["last"]
-        return newest.get("size", 0) if newest else 0
+        recorded = recorded_checkpoints(all_rows(self.engine))
+        return recorded[-1][1].get("size", 0) if recorded else 0
 
     def ship_checkpoint(self) -> dict:
         """Store a catalog checkpoint; returns its locations (recorded by the next
